@@ -1,0 +1,20 @@
+// Package engine carries flows from the way they came in (the SOCKS5
+// server, the TUN device) to the way they go out (direct, or a chain of
+// upstream SOCKS5 proxies), and relays them.
+//
+// A flow's path: the ingress builds a FlowSpec and calls ServeTCP,
+// ServeUDP or ServeBind; the engine registers the flow in its Registry,
+// dials through its Outbound with the connect timeout, lets the ingress
+// accept the client's side only once the outbound side is up, then relays
+// and counts every byte until the flow ends. A failed dial comes back as
+// an error that socks.ReplyFromError names; the ingress turns that code
+// into a SOCKS5 reply, a TCP reset or an ICMP error.
+//
+// UDP is endpoint-independent: one outbound endpoint per association, so
+// replies from any peer come back and the mapping is stable across
+// destinations.
+//
+// The engine does not parse any protocol and does not decide who may use
+// it: authentication belongs to the SOCKS5 server, and routing to the TUN
+// side.
+package engine

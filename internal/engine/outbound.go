@@ -1,0 +1,256 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"tungate/socks"
+)
+
+// Outbound is where flows leave the gateway: straight to the destination
+// (Direct) or through a chain of upstream SOCKS5 proxies (Upstream).
+// Errors carry what socks.ReplyFromError needs to name the failure.
+type Outbound interface {
+	// DialTCP connects to dst.
+	DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error)
+	// ListenUDP opens one endpoint for a UDP association: every datagram
+	// of the association leaves from it, whatever its destination, and
+	// datagrams from any peer come back through it (endpoint-independent
+	// mapping).
+	ListenUDP(ctx context.Context) (socks.PacketConn, error)
+	// Bind waits for one incoming connection from dst (SOCKS BIND).
+	Bind(ctx context.Context, dst socks.Addr) (socks.BindListener, error)
+	// Upstream reports whether flows leave through a SOCKS5 proxy.
+	Upstream() bool
+}
+
+// Direct sends flows straight to their destinations from this host.
+type Direct struct {
+	// Control, when set, is applied to every outbound socket before it
+	// connects or binds (for example to set SO_MARK so that the gateway's
+	// own traffic is not routed back into its TUN device).
+	Control func(network, address string, c syscall.RawConn) error
+	// Resolver resolves names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+func (d *Direct) resolver() *net.Resolver {
+	if d.Resolver != nil {
+		return d.Resolver
+	}
+	return net.DefaultResolver
+}
+
+// Upstream implements Outbound.
+func (d *Direct) Upstream() bool { return false }
+
+// DialTCP implements Outbound.
+func (d *Direct) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error) {
+	nd := net.Dialer{Control: d.Control, Resolver: d.Resolver}
+	return nd.DialContext(ctx, "tcp", dst.String())
+}
+
+// resolve returns an address for a, resolving a name.
+func (d *Direct) resolve(ctx context.Context, a socks.Addr) (netip.AddrPort, error) {
+	if ap, ok := a.AddrPort(); ok {
+		return ap, nil
+	}
+	ips, err := d.resolver().LookupNetIP(ctx, "ip", a.Name)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if len(ips) == 0 {
+		return netip.AddrPort{}, &net.DNSError{Err: "no addresses", Name: a.Name, IsNotFound: true}
+	}
+	// Prefer IPv4, which every host here can reach when it has both.
+	best := ips[0]
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			best = ip
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), a.Port), nil
+}
+
+// ListenUDP implements Outbound with one dual-stack socket.
+func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
+	lc := net.ListenConfig{Control: d.Control}
+	pc, err := lc.ListenPacket(ctx, "udp", ":0")
+	if err != nil {
+		return nil, err
+	}
+	return &directPacketConn{uc: pc.(*net.UDPConn), d: d, names: make(map[string]netip.Addr)}, nil
+}
+
+// maxCachedNames bounds the names one UDP association remembers.
+const maxCachedNames = 64
+
+// nameResolveTimeout bounds the lookup of a datagram's destination name.
+const nameResolveTimeout = 5 * time.Second
+
+type directPacketConn struct {
+	uc *net.UDPConn
+	d  *Direct
+
+	mu    sync.Mutex
+	names map[string]netip.Addr // names this association sent to
+}
+
+func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
+	n, from, err := p.uc.ReadFromUDPAddrPort(b)
+	if err != nil {
+		return 0, socks.Addr{}, err
+	}
+	return n, socks.AddrFromAddrPort(from), nil
+}
+
+func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
+	ap, ok := dst.AddrPort()
+	if !ok {
+		var err error
+		if ap, err = p.lookup(dst); err != nil {
+			return 0, err
+		}
+	}
+	// On a dual-stack socket the runtime maps IPv4 destinations.
+	return p.uc.WriteToUDPAddrPort(b, ap)
+}
+
+func (p *directPacketConn) lookup(dst socks.Addr) (netip.AddrPort, error) {
+	p.mu.Lock()
+	ip, ok := p.names[dst.Name]
+	p.mu.Unlock()
+	if ok {
+		return netip.AddrPortFrom(ip, dst.Port), nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nameResolveTimeout)
+	defer cancel()
+	ap, err := p.d.resolve(ctx, dst)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p.mu.Lock()
+	if len(p.names) < maxCachedNames {
+		p.names[dst.Name] = ap.Addr()
+	}
+	p.mu.Unlock()
+	return ap, nil
+}
+
+func (p *directPacketConn) Close() error { return p.uc.Close() }
+
+// Bind implements Outbound: it listens on the local address that routes to
+// dst and accepts one connection from dst's IP.
+func (d *Direct) Bind(ctx context.Context, dst socks.Addr) (socks.BindListener, error) {
+	var peer netip.Addr
+	laddr := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	if dst.IsName() || !dst.IP.IsUnspecified() {
+		ap, err := d.resolve(ctx, dst)
+		if err != nil {
+			return nil, err
+		}
+		peer = ap.Addr()
+		// A connected UDP socket sends nothing but tells which source
+		// address the kernel would use towards peer.
+		probe, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer, max(ap.Port(), 9))))
+		if err != nil {
+			return nil, err
+		}
+		laddr = netip.AddrPortFrom(probe.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), 0)
+		probe.Close()
+	}
+	lc := net.ListenConfig{Control: d.Control}
+	l, err := lc.Listen(ctx, "tcp", laddr.String())
+	if err != nil {
+		return nil, err
+	}
+	return &directBind{l: l.(*net.TCPListener), peer: peer}, nil
+}
+
+type directBind struct {
+	l    *net.TCPListener
+	peer netip.Addr // the only IP allowed to connect; invalid: anyone
+}
+
+func (b *directBind) Addr() socks.Addr {
+	a, _ := socks.AddrFromNetAddr(b.l.Addr())
+	return a
+}
+
+func (b *directBind) Accept(ctx context.Context) (net.Conn, socks.Addr, error) {
+	stop := context.AfterFunc(ctx, func() { b.l.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	for {
+		c, err := b.l.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, socks.Addr{}, ctx.Err()
+			}
+			return nil, socks.Addr{}, err
+		}
+		from := socks.AddrFromAddrPort(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		if b.peer.IsValid() && from.IP != b.peer.Unmap() {
+			// Not the host the client announced: RFC 1928 lets the server
+			// use DST.ADDR to evaluate the BIND, so strangers are refused.
+			c.SetLinger(0)
+			c.Close()
+			continue
+		}
+		return c, from, nil
+	}
+}
+
+func (b *directBind) Close() error { return b.l.Close() }
+
+// Upstream sends flows through a chain of SOCKS5 proxies.
+type Upstream struct {
+	Dialer *socks.Dialer
+}
+
+// NewUpstream returns the outbound for the chain hops; control, when set,
+// is applied to the sockets towards hop 1 (see Direct.Control).
+func NewUpstream(hops []socks.Hop, control func(network, address string, c syscall.RawConn) error) (*Upstream, error) {
+	if len(hops) == 0 {
+		return nil, errors.New("engine: an upstream chain needs at least one proxy")
+	}
+	d := &socks.Dialer{Hops: hops, Forward: &net.Dialer{Control: control}}
+	if control != nil {
+		d.ListenUDP = func(ctx context.Context, network string, laddr *net.UDPAddr) (*net.UDPConn, error) {
+			lc := net.ListenConfig{Control: control}
+			pc, err := lc.ListenPacket(ctx, network, laddr.String())
+			if err != nil {
+				return nil, err
+			}
+			return pc.(*net.UDPConn), nil
+		}
+	}
+	return &Upstream{Dialer: d}, nil
+}
+
+// Upstream implements Outbound.
+func (u *Upstream) Upstream() bool { return true }
+
+// DialTCP implements Outbound.
+func (u *Upstream) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error) {
+	return u.Dialer.Dial(ctx, dst)
+}
+
+// ListenUDP implements Outbound.
+func (u *Upstream) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
+	return u.Dialer.ListenPacket(ctx)
+}
+
+// Bind implements Outbound.
+func (u *Upstream) Bind(ctx context.Context, dst socks.Addr) (socks.BindListener, error) {
+	return u.Dialer.Bind(ctx, dst)
+}
+
+// String describes the outbound for logs.
+func (u *Upstream) String() string { return fmt.Sprint(u.Dialer.Hops) }

@@ -1,0 +1,229 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"tungate/socks"
+)
+
+// relayTCP copies both directions between client and up until both end.
+// An EOF in one direction is passed on as a half-close (FIN); a reset is
+// passed on as a reset. Any other failure, ctx ending, the idle timeout or
+// an admin's CLOSE FLOW aborts both.
+func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			client.Close()
+			up.Close()
+		})
+	}
+	f.SetAbort(abort)
+	stop := context.AfterFunc(ctx, abort)
+	defer stop()
+	stopIdle := watchIdle(f, e.settings.TCPIdleTimeout, abort)
+	defer stopIdle()
+
+	var ended atomic.Int32
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.pipe(f, up, client, true, &ended, abort)
+	}()
+	e.pipe(f, client, up, false, &ended, abort)
+	wg.Wait()
+	abort()
+}
+
+// pipe copies src to dst, counting what dst accepted as up or down.
+func (e *Engine) pipe(f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) {
+	bp := getRelayBuf(e.settings.RelayBufferSize())
+	defer putRelayBuf(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				if isReset(werr) {
+					reset(src)
+				}
+				abort()
+				return
+			}
+			if upward {
+				f.AddUp(n)
+			} else {
+				f.AddDown(n)
+			}
+		}
+		if rerr == nil {
+			continue
+		}
+		if errors.Is(rerr, io.EOF) {
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+				if ended.Add(1) == 1 {
+					f.SetState(StateHalfClosed)
+				} else {
+					f.SetState(StateClosing)
+				}
+				return
+			}
+		} else if isReset(rerr) {
+			reset(dst)
+		}
+		abort()
+		return
+	}
+}
+
+// isReset reports whether err is the peer resetting the connection.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET)
+}
+
+// reset makes the next Close of c send a RST instead of a FIN, where c can.
+func reset(c net.Conn) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
+}
+
+// relayUDP moves datagrams between client and out until one side closes.
+func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.PacketConn) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			client.Close()
+			out.Close()
+		})
+	}
+	f.SetAbort(abort)
+	stop := context.AfterFunc(ctx, abort)
+	defer stop()
+	stopIdle := watchIdle(f, func() time.Duration {
+		d := e.settings.UDPIdleTimeout()
+		if f.Dst().Port == 53 {
+			d = min(d, DefaultDNSIdleTimeout)
+		}
+		return d
+	}, abort)
+	defer stopIdle()
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer abort()
+		bp := getPacketBuf()
+		defer putPacketBuf(bp)
+		buf := *bp
+		for {
+			n, dst, err := client.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			f.setDst(dst)
+			if _, err := out.WriteTo(buf[:n], dst); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				// One datagram lost (a name that did not resolve, a
+				// full buffer): datagram semantics, the association lives.
+				e.log.Debug("datagram dropped", "flow", f.ID, "dst", dst.String(), "err", err)
+				continue
+			}
+			f.AddUp(n)
+		}
+	}()
+	func() {
+		defer abort()
+		bp := getPacketBuf()
+		defer putPacketBuf(bp)
+		buf := *bp
+		for {
+			n, from, err := out.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if _, err := client.WriteTo(buf[:n], from); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				e.log.Debug("datagram dropped", "flow", f.ID, "src", from.String(), "err", err)
+				continue
+			}
+			f.AddDown(n)
+		}
+	}()
+	wg.Wait()
+}
+
+// idleRecheck is how often a flow with no idle timeout looks again, in
+// case one is set live.
+const idleRecheck = time.Minute
+
+// watchIdle calls abort once f has moved nothing for timeout(); the
+// timeout is read again at every check, so it may change live (0: never).
+// One timer per flow, no work on the data path. stop ends the watch.
+func watchIdle(f *Flow, timeout func() time.Duration, abort func()) (stop func()) {
+	var stopped atomic.Bool
+	var t *time.Timer
+	check := func() {
+		if stopped.Load() {
+			return
+		}
+		d := timeout()
+		if d <= 0 {
+			t.Reset(idleRecheck)
+			return
+		}
+		idle := f.Idle(time.Now())
+		if idle >= d {
+			abort()
+			return
+		}
+		t.Reset(d - idle)
+	}
+	t = time.AfterFunc(time.Hour, check)
+	first := timeout()
+	if first <= 0 {
+		first = idleRecheck
+	}
+	t.Reset(first)
+	return func() {
+		stopped.Store(true)
+		t.Stop()
+	}
+}
+
+// Relay buffers, pooled so that a flow holds one only while it relays.
+var relayBufs sync.Pool
+
+func getRelayBuf(size int) *[]byte {
+	if bp, ok := relayBufs.Get().(*[]byte); ok && len(*bp) == size {
+		return bp
+	}
+	b := make([]byte, size)
+	return &b
+}
+
+func putRelayBuf(bp *[]byte) { relayBufs.Put(bp) }
+
+// maxDatagram is the largest UDP payload.
+const maxDatagram = 65535
+
+var packetBufs = sync.Pool{New: func() any {
+	b := make([]byte, maxDatagram)
+	return &b
+}}
+
+func getPacketBuf() *[]byte  { return packetBufs.Get().(*[]byte) }
+func putPacketBuf(b *[]byte) { packetBufs.Put(b) }
