@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"tungate/internal/engine"
+	"tungate/socks"
+)
+
+// Config is everything the daemon is told, from the YAML file and the
+// flags. A flag given on the command line wins over the same key in the
+// file; the YAML keys are the flag names.
+type Config struct {
+	Socks            string        `yaml:"socks"`
+	SocksAuth        authMode      `yaml:"socks-auth"`
+	Proxy            []string      `yaml:"proxy"`
+	Users            string        `yaml:"users"`
+	LogLevel         string        `yaml:"log-level"`
+	ConnectTimeout   time.Duration `yaml:"connect-timeout"`
+	HandshakeTimeout time.Duration `yaml:"handshake-timeout"`
+	TCPIdleTimeout   time.Duration `yaml:"tcp-idle-timeout"`
+	UDPTimeout       time.Duration `yaml:"udp-timeout"`
+	MaxFlows         int           `yaml:"max-flows"`
+	MaxSessions      int           `yaml:"max-sessions"`
+	RelayBuffer      int           `yaml:"relay-buffer"`
+}
+
+// defaultConfig returns the defaults: a SOCKS5 listener on loopback only,
+// direct outbound, no users.
+func defaultConfig() Config {
+	return Config{
+		Socks:            "127.0.0.1:1080",
+		SocksAuth:        authAuto,
+		LogLevel:         "info",
+		ConnectTimeout:   engine.DefaultConnectTimeout,
+		HandshakeTimeout: socks.DefaultHandshakeTimeout,
+		TCPIdleTimeout:   engine.DefaultTCPIdleTimeout,
+		UDPTimeout:       engine.DefaultUDPIdleTimeout,
+		MaxSessions:      4096,
+		RelayBuffer:      engine.DefaultRelayBufferSize,
+	}
+}
+
+// authMode says whether SOCKS5 clients must authenticate.
+type authMode string
+
+const (
+	authAuto authMode = "auto" // required unless the listener is on loopback
+	authOn   authMode = "true"
+	authOff  authMode = "false"
+)
+
+func (m *authMode) String() string { return string(*m) }
+
+func (m *authMode) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "auto":
+		*m = authAuto
+	case "true", "on", "yes", "1":
+		*m = authOn
+	case "false", "off", "no", "0":
+		*m = authOff
+	default:
+		return fmt.Errorf("want auto, true or false, not %q", s)
+	}
+	return nil
+}
+
+// IsBoolFlag lets --socks-auth stand alone for true.
+func (m *authMode) IsBoolFlag() bool { return true }
+
+// UnmarshalYAML accepts a YAML boolean or "auto".
+func (m *authMode) UnmarshalYAML(n *yaml.Node) error {
+	return m.Set(n.Value)
+}
+
+// listFlag is a repeatable flag; the first use on the command line
+// replaces what the config file said.
+type listFlag struct {
+	list *[]string
+	set  bool
+}
+
+func (f *listFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f *listFlag) Set(s string) error {
+	if !f.set {
+		*f.list = nil
+		f.set = true
+	}
+	*f.list = append(*f.list, s)
+	return nil
+}
+
+// usagef returns a usageError (defined with the user command): a mistake
+// on the command line or in the config, which exits 2.
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// newFlagSet binds the daemon's flags to cfg.
+func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tungate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(configPath, "config", "", "read settings from this YAML `file`; its keys are the flag names, and flags given on the command line win")
+	fs.StringVar(&cfg.Socks, "socks", cfg.Socks, "SOCKS5 listener `address` (host:port), or off")
+	fs.Var(&cfg.SocksAuth, "socks-auth", "require SOCKS5 username/password: auto (required unless the listener is on loopback), true or false")
+	fs.Var(&listFlag{list: &cfg.Proxy}, "proxy", "upstream SOCKS5 proxy `URL` socks5://[user:pass@]host:port; repeat to chain them in order; none means direct")
+	fs.StringVar(&cfg.Users, "users", cfg.Users, "user store `file` (manage it with: tungate user)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log `level`: debug, info, warn or error")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "bound on each outbound connect, through the whole chain")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "bound on a SOCKS5 client's greeting, authentication and request")
+	fs.DurationVar(&cfg.TCPIdleTimeout, "tcp-idle-timeout", cfg.TCPIdleTimeout, "close TCP flows idle this long (0: never)")
+	fs.DurationVar(&cfg.UDPTimeout, "udp-timeout", cfg.UDPTimeout, "close UDP associations idle this long (DNS-only ones sooner)")
+	fs.IntVar(&cfg.MaxFlows, "max-flows", cfg.MaxFlows, "maximum concurrent flows, TCP and UDP, SOCKS and TUN (0: no limit)")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
+	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
+	return fs
+}
+
+const usageHead = `tungate: a SOCKS5 server and client that sends flows out directly or
+through a chain of upstream SOCKS5 proxies.
+
+Usage:
+  tungate [flags]                 run the daemon
+  tungate user add|del|passwd|list [NAME] [--role user|admin] --users FILE
+                                  manage the user store offline (see tungate user --help)
+
+Environment:
+  TUNGATE_ADMIN_USER, TUNGATE_ADMIN_PASSWORD
+        make sure this admin exists in the user store at start (needs --users;
+        the file is created when missing)
+
+Flags:
+`
+
+// printUsage writes the help text to w.
+func printUsage(w io.Writer) {
+	var cfg Config = defaultConfig()
+	var path string
+	fs := newFlagSet(&cfg, &path)
+	fs.SetOutput(w)
+	fmt.Fprint(w, usageHead)
+	fs.PrintDefaults()
+}
+
+// parseConfig reads the command line and, if it names one, the config file.
+func parseConfig(args []string) (Config, error) {
+	// Pass 1 finds --config (and catches flag syntax errors early).
+	scratch := defaultConfig()
+	var path string
+	if err := newFlagSet(&scratch, &path).Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, err
+		}
+		return Config{}, usagef("%v", err)
+	}
+	cfg := defaultConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, usagef("config: %v", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, usagef("config %s: %v", path, err)
+		}
+	}
+	// Pass 2 lays the command line over the file.
+	fs := newFlagSet(&cfg, &path)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, usagef("unexpected argument %q (see tungate --help)", fs.Arg(0))
+	}
+	return cfg, cfg.validate()
+}
+
+// settings is the validated form of a Config.
+type settings struct {
+	socks     netip.AddrPort // invalid: no SOCKS5 listener
+	authOn    bool
+	hops      []socks.Hop
+	logLevel  slog.Level
+	engine    *engine.Settings
+	adminUser string
+	adminPass string
+}
+
+func (c Config) validate() error {
+	_, err := c.resolve()
+	return err
+}
+
+// resolve checks c and turns it into settings; every error names the
+// setting and says what is wrong.
+func (c Config) resolve() (*settings, error) {
+	s := &settings{engine: engine.NewSettings()}
+	if c.Socks != "off" {
+		ap, err := netip.ParseAddrPort(c.Socks)
+		if err != nil {
+			return nil, usagef("--socks %q: want IP:port (for example 127.0.0.1:1080 or [::1]:1080) or off", c.Socks)
+		}
+		s.socks = ap
+	}
+	switch c.SocksAuth {
+	case authOn:
+		s.authOn = true
+	case authOff:
+	default:
+		s.authOn = s.socks.IsValid() && !s.socks.Addr().IsLoopback()
+	}
+	if s.authOn && c.Users == "" && s.socks.IsValid() {
+		if c.SocksAuth == authOn {
+			return nil, usagef("--socks-auth needs users: give --users FILE")
+		}
+		return nil, usagef("--socks %s is not on loopback, so SOCKS5 authentication is required: give --users FILE "+
+			"(create users with: tungate user add NAME --users FILE), or --socks-auth=false to run an open proxy", c.Socks)
+	}
+	for _, u := range c.Proxy {
+		h, err := socks.ParseProxyURL(u)
+		if err != nil {
+			return nil, usagef("--proxy: %v", err)
+		}
+		s.hops = append(s.hops, h)
+	}
+	if err := s.logLevel.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, usagef("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	for _, set := range []struct {
+		name string
+		err  error
+	}{
+		{"--connect-timeout", s.engine.SetConnectTimeout(c.ConnectTimeout)},
+		{"--tcp-idle-timeout", s.engine.SetTCPIdleTimeout(c.TCPIdleTimeout)},
+		{"--udp-timeout", s.engine.SetUDPIdleTimeout(c.UDPTimeout)},
+		{"--max-flows", s.engine.SetMaxFlows(c.MaxFlows)},
+		{"--relay-buffer", s.engine.SetRelayBufferSize(c.RelayBuffer)},
+	} {
+		if set.err != nil {
+			return nil, usagef("%s: %v", set.name, set.err)
+		}
+	}
+	if c.HandshakeTimeout <= 0 {
+		return nil, usagef("--handshake-timeout must be positive")
+	}
+	if c.MaxSessions < 0 {
+		return nil, usagef("--max-sessions must not be negative")
+	}
+	s.engine.SetAuthRequired(s.authOn)
+
+	s.adminUser, s.adminPass = os.Getenv("TUNGATE_ADMIN_USER"), os.Getenv("TUNGATE_ADMIN_PASSWORD")
+	if (s.adminUser == "") != (s.adminPass == "") {
+		return nil, usagef("TUNGATE_ADMIN_USER and TUNGATE_ADMIN_PASSWORD go together: set both or neither")
+	}
+	if s.adminUser != "" && c.Users == "" {
+		return nil, usagef("TUNGATE_ADMIN_USER needs a user store: give --users FILE")
+	}
+	return s, nil
+}
