@@ -1,0 +1,255 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// Device is the packet device under the stack: a TUN device, or an
+// in-memory one in tests. Read and Write move batches of raw IP packets,
+// each starting at offset in its buffer (the room a device needs in front
+// of a packet, such as a virtio-net header); they follow the contract of
+// golang.zx2c4.com/wireguard/tun.Device.
+type Device interface {
+	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
+	Write(bufs [][]byte, offset int) (int, error)
+	BatchSize() int
+	MTU() int
+	// Headroom is the offset Read and Write need.
+	Headroom() int
+}
+
+// link is the gVisor link endpoint on a Device: a reader goroutine
+// delivers what the device reads to the stack, in batches; WritePackets
+// hands the stack's packets to the device in batches. It has no link
+// header: packets are bare IPv4 or IPv6.
+type link struct {
+	dev      Device
+	mtu      uint32
+	headroom int
+
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closed    chan struct{}
+	readErr   error // why the reader stopped, after wg.Wait
+
+	writeBufs sync.Pool // *[][]byte batches for WritePackets
+}
+
+var _ stack.LinkEndpoint = (*link)(nil)
+
+func newLink(dev Device) *link {
+	l := &link{
+		dev:      dev,
+		mtu:      uint32(dev.MTU()),
+		headroom: dev.Headroom(),
+		closed:   make(chan struct{}),
+	}
+	return l
+}
+
+// start begins reading from the device. The reader stops when the device
+// fails or is closed.
+func (l *link) start() {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		l.readErr = l.readLoop()
+	}()
+}
+
+func (l *link) readLoop() error {
+	batch := max(l.dev.BatchSize(), 1)
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, l.headroom+maxPacket)
+	}
+	for {
+		n, err := l.dev.Read(bufs, sizes, l.headroom)
+		for i := range n {
+			l.deliver(bufs[i][l.headroom : l.headroom+sizes[i]])
+		}
+		if err != nil {
+			select {
+			case <-l.closed:
+				return nil
+			default:
+			}
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			// wireguard's tun reports a batch too small for a large GRO
+			// packet as ErrTooManySegments after delivering what fit;
+			// anything else ends the link.
+			if isTransientRead(err) {
+				continue
+			}
+			return fmt.Errorf("netstack: reading device: %w", err)
+		}
+	}
+}
+
+// deliver hands one inbound IP packet to the stack. The bytes are copied:
+// the read buffer is reused for the next batch.
+func (l *link) deliver(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	var proto tcpip.NetworkProtocolNumber
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		proto = header.IPv4ProtocolNumber
+	case header.IPv6Version:
+		proto = header.IPv6ProtocolNumber
+	default:
+		return
+	}
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(b),
+	})
+	d.DeliverNetworkPacket(proto, pkt)
+	pkt.DecRef()
+}
+
+// WritePackets implements stack.LinkWriter.
+func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	list := pkts.AsSlice()
+	batch := max(l.dev.BatchSize(), 1)
+	written := 0
+	for len(list) > 0 {
+		n := min(len(list), batch)
+		bp := l.getBufs(n)
+		bufs := *bp
+		for i, pkt := range list[:n] {
+			size := pkt.Size()
+			b := bufs[i][:l.headroom+size]
+			off := l.headroom
+			for _, s := range pkt.AsSlices() {
+				off += copy(b[off:], s)
+			}
+			bufs[i] = b
+		}
+		_, err := l.dev.Write(bufs[:n], l.headroom)
+		l.putBufs(bp)
+		if err != nil {
+			if written == 0 {
+				return 0, &tcpip.ErrClosedForSend{}
+			}
+			return written, nil
+		}
+		written += n
+		list = list[n:]
+	}
+	return written, nil
+}
+
+// writeRaw sends packets the netstack package built itself (UDP replies,
+// ICMP errors) to the device.
+func (l *link) writeRaw(pkt []byte) error {
+	bp := l.getBufs(1)
+	b := (*bp)[0][:l.headroom+len(pkt)]
+	copy(b[l.headroom:], pkt)
+	(*bp)[0] = b
+	_, err := l.dev.Write((*bp)[:1], l.headroom)
+	l.putBufs(bp)
+	return err
+}
+
+func (l *link) getBufs(n int) *[][]byte {
+	bp, _ := l.writeBufs.Get().(*[][]byte)
+	if bp == nil {
+		b := make([][]byte, 0, max(l.dev.BatchSize(), 1))
+		bp = &b
+	}
+	for len(*bp) < n {
+		*bp = append(*bp, make([]byte, l.headroom+maxPacket))
+	}
+	return bp
+}
+
+func (l *link) putBufs(bp *[][]byte) {
+	for i := range *bp {
+		(*bp)[i] = (*bp)[i][:cap((*bp)[i])]
+	}
+	l.writeBufs.Put(bp)
+}
+
+// MTU implements stack.LinkEndpoint.
+func (l *link) MTU() uint32 { return l.mtu }
+
+// SetMTU implements stack.LinkEndpoint.
+func (l *link) SetMTU(mtu uint32) { l.mtu = mtu }
+
+// MaxHeaderLength implements stack.LinkEndpoint: no link header.
+func (l *link) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.LinkEndpoint: a TUN device has none.
+func (l *link) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.LinkEndpoint.
+func (l *link) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint. The kernel checks the
+// checksums of what it reads from a TUN device, so gVisor need not verify
+// them twice; it still computes them on the way out.
+func (l *link) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityRXChecksumOffload
+}
+
+// Attach implements stack.LinkEndpoint.
+func (l *link) Attach(d stack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.dispatcher = d
+	l.mu.Unlock()
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (l *link) IsAttached() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint.
+func (l *link) Wait() { l.wg.Wait() }
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (l *link) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.LinkEndpoint.
+func (l *link) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (l *link) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.LinkEndpoint. It marks the link closed; the
+// device itself is closed by its owner, which ends the reader.
+func (l *link) Close() {
+	l.closeOnce.Do(func() { close(l.closed) })
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (l *link) SetOnCloseAction(func()) {}
+
+// isTransientRead reports read errors after which the device still works.
+func isTransientRead(err error) bool {
+	return errors.Is(err, wgtun.ErrTooManySegments)
+}

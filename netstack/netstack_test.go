@@ -1,0 +1,349 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"tungate/internal/engine"
+	"tungate/socks"
+)
+
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<20)
+			t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}
+
+var (
+	clientV4 = netip.MustParseAddr("198.18.0.2")
+	clientV6 = netip.MustParseAddr("2001:db8::2")
+	serverV4 = netip.MustParseAddr("198.18.1.2")
+	serverV6 = netip.MustParseAddr("2001:db8:1::2")
+	otherV4  = netip.MustParseAddr("198.18.9.9")
+)
+
+// fakeOut is an Outbound that records destinations: TCP goes to a local
+// echo server whatever the destination, or fails as told; UDP goes to an
+// in-memory endpoint the test drives.
+type fakeOut struct {
+	echo    string
+	dialErr error
+	delay   time.Duration
+
+	mu    sync.Mutex
+	dials []socks.Addr
+	pcs   []*fakePC
+	newPC chan *fakePC
+}
+
+func (f *fakeOut) Upstream() bool { return false }
+
+func (f *fakeOut) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error) {
+	f.mu.Lock()
+	f.dials = append(f.dials, dst)
+	f.mu.Unlock()
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if f.dialErr != nil {
+		return nil, f.dialErr
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", f.echo)
+}
+
+func (f *fakeOut) ListenUDP(context.Context) (socks.PacketConn, error) {
+	pc := &fakePC{sent: make(chan fakeDatagram, 16), recv: make(chan fakeDatagram, 16), done: make(chan struct{})}
+	f.mu.Lock()
+	f.pcs = append(f.pcs, pc)
+	f.mu.Unlock()
+	if f.newPC != nil {
+		f.newPC <- pc
+	}
+	return pc, nil
+}
+
+func (f *fakeOut) Bind(context.Context, socks.Addr) (socks.BindListener, error) {
+	return nil, errors.New("not supported")
+}
+
+type fakeDatagram struct {
+	data string
+	addr socks.Addr
+}
+
+type fakePC struct {
+	sent, recv chan fakeDatagram
+	once       sync.Once
+	done       chan struct{}
+}
+
+func (p *fakePC) ReadFrom(b []byte) (int, socks.Addr, error) {
+	select {
+	case d := <-p.recv:
+		return copy(b, d.data), d.addr, nil
+	case <-p.done:
+		return 0, socks.Addr{}, net.ErrClosed
+	}
+}
+
+func (p *fakePC) WriteTo(b []byte, a socks.Addr) (int, error) {
+	select {
+	case p.sent <- fakeDatagram{string(b), a}:
+	case <-p.done:
+		return 0, net.ErrClosed
+	}
+	return len(b), nil
+}
+
+func (p *fakePC) Close() error {
+	p.once.Do(func() { close(p.done) })
+	return nil
+}
+
+// rig is a gateway Stack with a client gVisor stack on the other end of
+// an in-memory link.
+type rig struct {
+	gw     *Stack
+	eng    *engine.Engine
+	out    *fakeOut
+	client *stack.Stack
+}
+
+func newRig(t *testing.T, out *fakeOut) *rig {
+	t.Helper()
+	gwDev, clientDev := newPipe(1500)
+	eng := engine.New(out, nil, nil)
+	gw, err := New(gwDev, eng, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+	cl := newLink(clientDev)
+	if err := client.CreateNIC(1, cl); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []netip.Prefix{netip.PrefixFrom(clientV4, 15), netip.PrefixFrom(clientV6, 32)} {
+		proto := ipv4.ProtocolNumber
+		if p.Addr().Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		err := client.AddProtocolAddress(1, tcpip.ProtocolAddress{
+			Protocol:          proto,
+			AddressWithPrefix: tcpip.AddrFromSlice(p.Addr().AsSlice()).WithPrefix(),
+		}, stack.AddressProperties{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	client.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: 1},
+		{Destination: header.IPv6EmptySubnet, NIC: 1},
+	})
+	cl.start()
+	t.Cleanup(func() {
+		if err := gw.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		clientDev.Close()
+		cl.Wait()
+		client.Close()
+		client.Wait()
+	})
+	return &rig{gw: gw, eng: eng, out: out, client: client}
+}
+
+func fullAddr(ip netip.Addr, port uint16) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
+	proto := ipv4.ProtocolNumber
+	if ip.Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	return tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(ip.AsSlice()), Port: port}, proto
+}
+
+func echoServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func TestTCPThroughStack(t *testing.T) {
+	checkLeaks(t)
+	r := newRig(t, &fakeOut{echo: echoServer(t)})
+	for _, dst := range []netip.Addr{serverV4, serverV6} {
+		t.Run(dst.String(), func(t *testing.T) {
+			fa, proto := fullAddr(dst, 80)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			msg := strings.Repeat("through the netstack ", 5000) // ~100 KB: many segments
+			go c.Write([]byte(msg))
+			got := make([]byte, len(msg))
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+				t.Fatalf("echo: %v (%d bytes)", err, len(got))
+			}
+			flows, _, _ := r.eng.Registry().List(0, 10)
+			if len(flows) != 1 {
+				t.Fatalf("%d flows, want 1", len(flows))
+			}
+			f := flows[0]
+			src := netip.AddrPortFrom(clientV4, c.LocalAddr().(*net.TCPAddr).AddrPort().Port())
+			if dst.Is6() {
+				src = netip.AddrPortFrom(clientV6, src.Port())
+			}
+			if f.Flags != engine.FlagTUN || f.Dst != socks.AddrFromAddrPort(netip.AddrPortFrom(dst, 80)) || f.Src != socks.AddrFromAddrPort(src) {
+				t.Errorf("flow %+v", f)
+			}
+			if f.BytesUp != uint64(len(msg)) || f.BytesDown != uint64(len(msg)) {
+				t.Errorf("flow bytes up %d down %d, want %d", f.BytesUp, f.BytesDown, len(msg))
+			}
+			c.Close()
+			for deadline := time.Now().Add(5 * time.Second); r.eng.Registry().Metrics().Concurrent != 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("flow did not close")
+				}
+			}
+		})
+	}
+}
+
+// TestTCPSynHeldUntilDial: the handshake completes only after the dial;
+// a refused dial refuses the client's connect, without it ever opening.
+func TestTCPSynHeldUntilDial(t *testing.T) {
+	checkLeaks(t)
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	r := newRig(t, &fakeOut{dialErr: refused, delay: 300 * time.Millisecond})
+	fa, proto := fullAddr(serverV4, 81)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+	if err == nil {
+		t.Fatal("connect succeeded; want refused")
+	}
+	if !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("connect: %v; want connection refused", err)
+	}
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Fatalf("connect failed after %v, before the dial ended: the SYN was not held", el)
+	}
+	if m := r.eng.Registry().Metrics(); m.DialFailures != 1 || m.Concurrent != 0 {
+		t.Errorf("metrics %+v", m)
+	}
+}
+
+func TestUDPFullCone(t *testing.T) {
+	checkLeaks(t)
+	out := &fakeOut{newPC: make(chan *fakePC, 4)}
+	r := newRig(t, out)
+	la, proto := fullAddr(clientV4, 5000)
+	c, err := gonet.DialUDP(r.client, &la, nil, proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peerA := netip.AddrPortFrom(serverV4, 53)
+	peerB := netip.AddrPortFrom(otherV4, 7777)
+	if _, err := c.WriteTo([]byte("query"), net.UDPAddrFromAddrPort(peerA)); err != nil {
+		t.Fatal(err)
+	}
+	var pc *fakePC
+	select {
+	case pc = <-out.newPC:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no association opened")
+	}
+	if d := <-pc.sent; d.data != "query" || d.addr != socks.AddrFromAddrPort(peerA) {
+		t.Fatalf("outbound got %+v", d)
+	}
+	read := func(want string, from netip.AddrPort) {
+		t.Helper()
+		buf := make([]byte, 100)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, a, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.(*net.UDPAddr).AddrPort(); string(buf[:n]) != want || got != from {
+			t.Fatalf("client got %q from %v, want %q from %v", buf[:n], got, want, from)
+		}
+	}
+	pc.recv <- fakeDatagram{"answer", socks.AddrFromAddrPort(peerA)}
+	read("answer", peerA)
+	// B never heard from the client, but its datagram comes through.
+	pc.recv <- fakeDatagram{"hello from B", socks.AddrFromAddrPort(peerB)}
+	read("hello from B", peerB)
+	// Another destination uses the same association.
+	c.WriteTo([]byte("to B"), net.UDPAddrFromAddrPort(peerB))
+	if d := <-pc.sent; d.data != "to B" || d.addr != socks.AddrFromAddrPort(peerB) {
+		t.Fatalf("outbound got %+v", d)
+	}
+	var n atomic.Int32
+	out.mu.Lock()
+	n.Store(int32(len(out.pcs)))
+	out.mu.Unlock()
+	if n.Load() != 1 {
+		t.Fatalf("%d associations, want 1 for one client endpoint", n.Load())
+	}
+	if m := r.eng.Registry().Metrics(); m.UDPOpen != 1 || m.BytesUp != uint64(len("query")+len("to B")) {
+		t.Errorf("metrics %+v", m)
+	}
+}

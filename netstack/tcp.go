@@ -1,0 +1,74 @@
+package netstack
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"tungate/internal/engine"
+	"tungate/socks"
+)
+
+// handleTCP runs one TCP connection from the TUN side. The client's SYN is
+// held (no SYN-ACK) while the engine dials the destination; only once the
+// outbound side is connected does the stack complete the handshake, so a
+// failed dial is answered instead of a connection that opens and closes.
+// The forwarder calls it on a goroutine of its own.
+func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
+	if !s.enter() {
+		r.Complete(true)
+		return
+	}
+	defer s.flows.Done()
+
+	id := r.ID()
+	spec := engine.FlowSpec{
+		Src:   socks.AddrFromAddrPort(netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)),
+		Dst:   socks.AddrFromAddrPort(netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)),
+		Flags: engine.FlagTUN,
+	}
+	completed := false
+	err := s.eng.ServeTCP(s.ctx, spec, func(net.Conn) (net.Conn, error) {
+		var wq waiter.Queue
+		ep, terr := r.CreateEndpoint(&wq)
+		completed = true
+		if terr != nil {
+			r.Complete(true)
+			return nil, fmt.Errorf("netstack: completing handshake with %s: %s", spec.Src, terr)
+		}
+		r.Complete(false)
+		ep.SocketOptions().SetKeepAlive(true)
+		return &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
+	})
+	if err != nil {
+		if !completed {
+			// The dial failed: refuse the held SYN.
+			r.Complete(true)
+		}
+		s.log.Debug("tcp flow failed", "src", spec.Src.String(), "dst", spec.Dst.String(), "err", err)
+	}
+}
+
+// tcpConn is a gonet connection that can also be reset.
+type tcpConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// SetLinger implements the engine's reset hook: SetLinger(0) then Close
+// sends a RST.
+func (c *tcpConn) SetLinger(sec int) error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: 0})
+	return nil
+}
+
+// addrFrom converts a gVisor address.
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip.Unmap()
+}
