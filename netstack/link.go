@@ -6,11 +6,11 @@ import (
 	"os"
 	"sync"
 
+	wgtun "golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // Device is the packet device under the stack: a TUN device, or an
