@@ -34,6 +34,11 @@ type Config struct {
 	MaxFlows         int           `yaml:"max-flows"`
 	MaxSessions      int           `yaml:"max-sessions"`
 	RelayBuffer      int           `yaml:"relay-buffer"`
+	Admin            []string      `yaml:"admin"`
+
+	// adminExplicit records that --admin (or the admin key) was given, so
+	// that a failure to serve it is an error rather than a warning.
+	adminExplicit bool
 }
 
 // defaultConfig returns the defaults: a SOCKS5 listener on loopback only,
@@ -49,6 +54,7 @@ func defaultConfig() Config {
 		UDPTimeout:       engine.DefaultUDPIdleTimeout,
 		MaxSessions:      4096,
 		RelayBuffer:      engine.DefaultRelayBufferSize,
+		Admin:            []string{"127.0.0.1:8080"},
 	}
 }
 
@@ -131,6 +137,7 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxFlows, "max-flows", cfg.MaxFlows, "maximum concurrent flows, TCP and UDP, SOCKS and TUN (0: no limit)")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
 	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
+	fs.Var(&listFlag{list: &cfg.Admin}, "admin", "SCTP admin listener `address` (host:port); repeat for several local addresses (multi-homing); off disables (default 127.0.0.1:8080)")
 	return fs
 }
 
@@ -182,12 +189,21 @@ func parseConfig(args []string) (Config, error) {
 		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 			return Config{}, usagef("config %s: %v", path, err)
 		}
+		var keys map[string]any
+		if yaml.Unmarshal(data, &keys) == nil {
+			_, cfg.adminExplicit = keys["admin"]
+		}
 	}
 	// Pass 2 lays the command line over the file.
 	fs := newFlagSet(&cfg, &path)
 	if err := fs.Parse(args); err != nil {
 		return Config{}, usagef("%v", err)
 	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "admin" {
+			cfg.adminExplicit = true
+		}
+	})
 	if fs.NArg() > 0 {
 		return Config{}, usagef("unexpected argument %q (see tungate --help)", fs.Arg(0))
 	}
@@ -203,6 +219,8 @@ type settings struct {
 	engine    *engine.Settings
 	adminUser string
 	adminPass string
+	// admin lists the SCTP admin listener addresses; empty: disabled.
+	admin []netip.AddrPort
 }
 
 func (c Config) validate() error {
@@ -266,6 +284,20 @@ func (c Config) resolve() (*settings, error) {
 		return nil, usagef("--max-sessions must not be negative")
 	}
 	s.engine.SetAuthRequired(s.authOn)
+
+	for _, a := range c.Admin {
+		if a == "off" {
+			if len(c.Admin) > 1 {
+				return nil, usagef("--admin off cannot be combined with addresses")
+			}
+			break
+		}
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return nil, usagef("--admin %q: want IP:port (for example 127.0.0.1:8080) or off", a)
+		}
+		s.admin = append(s.admin, ap)
+	}
 
 	s.adminUser, s.adminPass = os.Getenv("TUNGATE_ADMIN_USER"), os.Getenv("TUNGATE_ADMIN_PASSWORD")
 	if (s.adminUser == "") != (s.adminPass == "") {
