@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 )
@@ -170,7 +171,8 @@ func (d *Dialer) request(ctx context.Context, n int, cmd Command, dst Addr) (net
 // answered in time (host unreachable), whichever hop was slow.
 func hopFailure(ctx context.Context, hop int, err error) *ReplyError {
 	code := ReplyGeneralFailure
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	// The sockets' deadlines are the context's, and either may fire first.
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		code = ReplyHostUnreachable
 	}
 	return &ReplyError{Code: code, Hop: hop, Err: err}

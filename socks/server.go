@@ -395,6 +395,11 @@ func (s *Server) associate(ctx context.Context, sess *Session) error {
 	}()
 	stop := context.AfterFunc(ctx, func() { relay.Close() })
 	err = s.Handler.Associate(ctx, sess, relay)
+	if err != nil && !sess.Replied() {
+		// The failure reply must go out before the control connection
+		// closes below.
+		sess.Reply(ReplyFromError(err), Addr{})
+	}
 	// Teardown order: the relay socket (so nothing more is read from the
 	// client), then the control connection (so the reader above returns),
 	// then wait for that reader.

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -264,5 +265,41 @@ func TestBind(t *testing.T) {
 				t.Fatalf("read %q, %v", buf, err)
 			}
 		})
+	}
+}
+
+// TestUDPAssociateFailureReplied: an upstream that refuses UDP ASSOCIATE
+// makes the client get that reply code, not a closed connection.
+func TestUDPAssociateFailureReplied(t *testing.T) {
+	checkLeaks(t)
+	// The upstream hop answers every request with "command not supported".
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := socks.ReadGreeting(c); err != nil {
+			return
+		}
+		c.Write(socks.AppendMethodSelection(nil, socks.MethodNoAuth))
+		if _, err := socks.ReadRequest(c); err != nil {
+			return
+		}
+		c.Write(socks.AppendResponse(nil, socks.Response{Reply: socks.ReplyCommandNotSupported}))
+	}()
+	hopAddr, _ := socks.AddrFromNetAddr(l.Addr())
+	up, _ := engine.NewUpstream([]socks.Hop{{Addr: hopAddr}}, nil)
+	gw := startGateway(t, up)
+	d := &socks.Dialer{Hops: []socks.Hop{hop(gw)}}
+	_, err = d.ListenPacket(context.Background())
+	var re *socks.ReplyError
+	if !errors.As(err, &re) || re.Code != socks.ReplyCommandNotSupported {
+		t.Fatalf("UDP ASSOCIATE through a hop without UDP: %v; want command not supported", err)
 	}
 }
