@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"tungate/socks"
 )
@@ -55,6 +56,19 @@ func (e *Engine) open(spec FlowSpec) (*Flow, error) {
 	return f, nil
 }
 
+// finish removes f from the registry and logs its totals.
+func (e *Engine) finish(f *Flow) {
+	f.Close()
+	if !e.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	info := f.Info(time.Now())
+	e.log.Debug("flow closed", "flow", info.ID, "proto", info.Proto.String(),
+		"src", info.Src.String(), "dst", info.Dst.String(), "user", info.User,
+		"up", info.BytesUp, "down", info.BytesDown, "pkts_up", info.PktsUp, "pkts_down", info.PktsDown,
+		"age", info.Age.Round(time.Millisecond).String())
+}
+
 // ServeTCP runs one TCP flow: it dials spec.Dst, then calls accept with
 // the outbound connection to get the client's side (a SOCKS server sends
 // its success reply there; the TUN side completes the client's handshake),
@@ -67,7 +81,7 @@ func (e *Engine) ServeTCP(ctx context.Context, spec FlowSpec, accept func(up net
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer e.finish(f)
 
 	dctx, cancel := context.WithTimeout(ctx, e.settings.ConnectTimeout())
 	up, err := e.out.DialTCP(dctx, spec.Dst)
@@ -96,7 +110,7 @@ func (e *Engine) ServeBind(ctx context.Context, spec FlowSpec, listening func(so
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer e.finish(f)
 
 	dctx, cancel := context.WithTimeout(ctx, e.settings.ConnectTimeout())
 	bl, err := e.out.Bind(dctx, spec.Dst)
@@ -137,7 +151,7 @@ func (e *Engine) ServeUDP(ctx context.Context, spec FlowSpec, client socks.Packe
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer e.finish(f)
 
 	dctx, cancel := context.WithTimeout(ctx, e.settings.ConnectTimeout())
 	out, err := e.out.ListenUDP(dctx)
