@@ -17,6 +17,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -146,6 +147,11 @@ type rig struct {
 func newRig(t *testing.T, out *fakeOut) *rig {
 	t.Helper()
 	gwDev, clientDev := newPipe(1500)
+	return newRigOn(t, out, gwDev, clientDev)
+}
+
+func newRigOn(t *testing.T, out *fakeOut, gwDev, clientDev *pipeDevice) *rig {
+	t.Helper()
 	eng := engine.New(out, nil, nil)
 	gw, err := New(gwDev, eng, Config{})
 	if err != nil {
@@ -345,5 +351,104 @@ func TestUDPFullCone(t *testing.T) {
 	}
 	if m := r.eng.Registry().Metrics(); m.UDPOpen != 1 || m.BytesUp != uint64(len("query")+len("to B")) {
 		t.Errorf("metrics %+v", m)
+	}
+}
+
+// TestTCPDialFailureAnswers: each way a dial fails reaches the client as
+// the table says, for IPv4 and IPv6: a reset, or an ICMP error from the
+// destination that quotes the client's SYN exactly.
+func TestTCPDialFailureAnswers(t *testing.T) {
+	checkLeaks(t)
+	errno := func(e syscall.Errno) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", e)}
+	}
+	tests := []struct {
+		name         string
+		err          error
+		rst          bool
+		type4, code4 uint8
+		type6, code6 uint8
+		gvisorErr    string // what gVisor's own TCP says, for IPv4
+	}{
+		{"refused", errno(syscall.ECONNREFUSED), true, 0, 0, 0, 0, "connection was refused"},
+		{"host unreachable", errno(syscall.EHOSTUNREACH), false, 3, 1, 1, 3, "no route to host"},
+		{"network unreachable", errno(syscall.ENETUNREACH), false, 3, 0, 1, 0, "network is unreachable"},
+		{"upstream TTL expired", &socks.ReplyError{Code: socks.ReplyTTLExpired, Hop: 1}, false, 11, 0, 3, 0, ""},
+		{"upstream not allowed", &socks.ReplyError{Code: socks.ReplyNotAllowed, Hop: 1}, false, 3, 13, 1, 1, "no route to host"},
+		{"timeout", context.DeadlineExceeded, false, 3, 1, 1, 3, "no route to host"},
+		{"general failure", &socks.ReplyError{Code: socks.ReplyGeneralFailure, Hop: 1}, true, 0, 0, 0, 0, "connection was refused"},
+	}
+	for _, tt := range tests {
+		for _, dst := range []netip.Addr{serverV4, serverV6} {
+			t.Run(tt.name+"/"+dst.String(), func(t *testing.T) {
+				gwDev, clientDev := newPipe(1500)
+				gwDev.tap = make(chan []byte, 64)
+				clientDev.tap = make(chan []byte, 64)
+				r := newRigOn(t, &fakeOut{dialErr: tt.err}, gwDev, clientDev)
+				fa, proto := fullAddr(dst, 80)
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				defer cancel()
+				_, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+				if err == nil {
+					t.Fatal("connect succeeded")
+				}
+				if dst.Is4() && tt.gvisorErr != "" && !strings.Contains(err.Error(), tt.gvisorErr) {
+					t.Errorf("gVisor client: %v; want %q", err, tt.gvisorErr)
+				}
+				syn := <-clientDev.tap
+				answer := <-gwDev.tap
+				checkAnswer(t, dst, syn, answer, tt.rst, tt.type4, tt.code4, tt.type6, tt.code6)
+			})
+		}
+	}
+}
+
+// checkAnswer checks that answer is a TCP RST for syn, or the ICMP error
+// given, from dst, quoting syn.
+func checkAnswer(t *testing.T, dst netip.Addr, syn, answer []byte, rst bool, type4, code4, type6, code6 uint8) {
+	t.Helper()
+	var src netip.Addr
+	var proto uint8
+	var payload []byte
+	if dst.Is4() {
+		ip := header.IPv4(answer)
+		src, proto, payload = addrFrom(ip.SourceAddress()), ip.Protocol(), answer[ip.HeaderLength():]
+	} else {
+		ip := header.IPv6(answer)
+		src, proto, payload = addrFrom(ip.SourceAddress()), uint8(ip.TransportProtocol()), answer[header.IPv6MinimumSize:]
+	}
+	if src != dst {
+		t.Errorf("answer from %v, want from %v", src, dst)
+	}
+	if rst {
+		if proto != uint8(header.TCPProtocolNumber) || header.TCP(payload).Flags()&header.TCPFlagRst == 0 {
+			t.Fatalf("answer % x is not a TCP RST", answer)
+		}
+		return
+	}
+	wantProto, typ, code := uint8(header.ICMPv4ProtocolNumber), type4, code4
+	if dst.Is6() {
+		wantProto, typ, code = uint8(header.ICMPv6ProtocolNumber), type6, code6
+	}
+	if proto != wantProto || payload[0] != typ || payload[1] != code {
+		t.Fatalf("answer proto %d type %d code %d, want proto %d type %d code %d", proto, payload[0], payload[1], wantProto, typ, code)
+	}
+	if quote := payload[icmpHeaderLen:]; string(quote) != string(syn) {
+		t.Errorf("quote\n% x\nwant the SYN\n% x", quote, syn)
+	}
+	if dst.Is4() {
+		if c := checksum.Checksum(payload, 0); c != 0xffff {
+			t.Errorf("ICMP checksum does not verify: %#x", c)
+		}
+	} else {
+		ip := header.IPv6(answer)
+		icmp := header.ICMPv6(payload)
+		want := icmp.Checksum()
+		icmp.SetChecksum(0)
+		got := header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: icmp[:icmpHeaderLen], Src: ip.SourceAddress(), Dst: ip.DestinationAddress(),
+			PayloadCsum: checksum.Checksum(icmp[icmpHeaderLen:], 0), PayloadLen: len(icmp) - icmpHeaderLen})
+		if got != want {
+			t.Errorf("ICMPv6 checksum %#x, want %#x", want, got)
+		}
 	}
 }

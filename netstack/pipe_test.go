@@ -11,6 +11,8 @@ type pipeDevice struct {
 	mtu  int
 	in   chan []byte
 	peer *pipeDevice
+	// tap, when set, sees a copy of every packet this end writes.
+	tap chan []byte
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -47,6 +49,12 @@ func (d *pipeDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (d *pipeDevice) Write(bufs [][]byte, offset int) (int, error) {
 	for i, b := range bufs {
 		p := append([]byte(nil), b[offset:]...)
+		if d.tap != nil {
+			select {
+			case d.tap <- p:
+			default:
+			}
+		}
 		select {
 		case d.peer.in <- p:
 		case <-d.closed:

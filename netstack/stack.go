@@ -43,6 +43,10 @@ type Config struct {
 	// dials; SYNs past it are dropped, and the client retransmits.
 	// Zero means DefaultMaxHalfOpen.
 	MaxHalfOpen int
+	// ICMPRate and ICMPBurst bound the ICMP errors the stack generates,
+	// per second and in a burst, over all clients. Zero means the
+	// defaults; a negative rate sends none.
+	ICMPRate, ICMPBurst int
 	// Logger receives the stack's messages; per-packet ones at Debug.
 	Logger *slog.Logger
 }
@@ -56,6 +60,8 @@ type Stack struct {
 	eng   *engine.Engine
 	log   *slog.Logger
 	udp   *udpMapper
+	syns  *synTable
+	icmp  *icmpLimiter
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -76,6 +82,12 @@ func New(dev Device, eng *engine.Engine, cfg Config) (*Stack, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ICMPRate == 0 {
+		cfg.ICMPRate = defaultICMPRate
+	}
+	if cfg.ICMPBurst <= 0 {
+		cfg.ICMPBurst = defaultICMPBurst
+	}
 	if dev.MTU() > maxPacket || dev.MTU() < header.IPv4MinimumMTU {
 		return nil, fmt.Errorf("netstack: device MTU %d out of range", dev.MTU())
 	}
@@ -83,7 +95,11 @@ func New(dev Device, eng *engine.Engine, cfg Config) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	s := &Stack{stack: gs, dev: dev, eng: eng, log: cfg.Logger}
+	s := &Stack{
+		stack: gs, dev: dev, eng: eng, log: cfg.Logger,
+		syns: newSynTable(2 * cfg.MaxHalfOpen),
+		icmp: newICMPLimiter(cfg.ICMPRate, cfg.ICMPBurst),
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.configure(cfg); err != nil {
 		gs.Close()
@@ -129,7 +145,10 @@ func (s *Stack) configure(cfg Config) error {
 	})
 
 	fwd := tcp.NewForwarder(s.stack, 0, cfg.MaxHalfOpen, s.handleTCP)
-	s.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	s.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+		s.syns.remember(id, pkt)
+		return fwd.HandlePacket(id, pkt)
+	})
 	s.udp = newUDPMapper(s)
 	s.stack.SetTransportProtocolHandler(udp.ProtocolNumber, s.udp.handle)
 	return nil

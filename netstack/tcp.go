@@ -27,6 +27,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	defer s.flows.Done()
 
 	id := r.ID()
+	syn := s.syns.take(id)
 	spec := engine.FlowSpec{
 		Src:   socks.AddrFromAddrPort(netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)),
 		Dst:   socks.AddrFromAddrPort(netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)),
@@ -47,10 +48,44 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	})
 	if err != nil {
 		if !completed {
-			// The dial failed: refuse the held SYN.
-			r.Complete(true)
+			s.answerSYN(r, syn, socks.ReplyFromError(err))
 		}
 		s.log.Debug("tcp flow failed", "src", spec.Src.String(), "dst", spec.Dst.String(), "err", err)
+	}
+}
+
+// answerSYN answers a held SYN whose flow failed with reply code rep, as
+// AnswerFor says: a reset, or an ICMP error quoting the SYN, from the
+// address the client tried to reach.
+func (s *Stack) answerSYN(r *tcp.ForwarderRequest, syn []byte, rep socks.Reply) {
+	ans := AnswerFor(rep)
+	if ans.Reset || syn == nil {
+		r.Complete(true)
+		return
+	}
+	dst := addrFrom(r.ID().LocalAddress)
+	r.Complete(false)
+	s.sendICMPError(syn, dst, ans, 0)
+}
+
+// sendICMPError sends the ICMP error ans describes about orig, from src,
+// within the rate limit.
+func (s *Stack) sendICMPError(orig []byte, src netip.Addr, ans Answer, mtu uint32) {
+	if !s.icmp.allow() {
+		return
+	}
+	typ, code := ans.Type4, ans.Code4
+	if src.Is6() {
+		typ, code = ans.Type6, ans.Code6
+	}
+	bp := getDatagram()
+	defer putDatagram(bp)
+	pkt, ok := appendICMPError((*bp)[:0], src, orig, typ, code, mtu)
+	if !ok {
+		return
+	}
+	if err := s.link.writeRaw(pkt); err != nil {
+		s.log.Debug("sending ICMP error", "err", err)
 	}
 }
 
