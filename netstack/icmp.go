@@ -157,7 +157,7 @@ func appendICMPv6Error(b []byte, src netip.Addr, orig []byte, typ, code uint8, m
 	}
 	// RFC 4443 2.4(e): no error about an ICMPv6 error, or about a packet
 	// from a multicast or unspecified source.
-	if ip.TransportProtocol() == header.ICMPv6ProtocolNumber && len(orig) > header.IPv6MinimumSize &&
+	if ip.NextHeader() == uint8(header.ICMPv6ProtocolNumber) && len(orig) > header.IPv6MinimumSize &&
 		orig[header.IPv6MinimumSize] < byte(header.ICMPv6EchoRequest) {
 		return b, false
 	}

@@ -415,7 +415,7 @@ func checkAnswer(t *testing.T, dst netip.Addr, syn, answer []byte, rst bool, typ
 		src, proto, payload = addrFrom(ip.SourceAddress()), ip.Protocol(), answer[ip.HeaderLength():]
 	} else {
 		ip := header.IPv6(answer)
-		src, proto, payload = addrFrom(ip.SourceAddress()), uint8(ip.TransportProtocol()), answer[header.IPv6MinimumSize:]
+		src, proto, payload = addrFrom(ip.SourceAddress()), ip.NextHeader(), answer[header.IPv6MinimumSize:]
 	}
 	if src != dst {
 		t.Errorf("answer from %v, want from %v", src, dst)

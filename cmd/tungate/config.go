@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"tungate/internal/engine"
+	"tungate/netstack"
 	"tungate/socks"
 )
 
@@ -36,6 +38,19 @@ type Config struct {
 	RelayBuffer      int           `yaml:"relay-buffer"`
 	Admin            []string      `yaml:"admin"`
 
+	Tun         string   `yaml:"tun"`
+	MTU         int      `yaml:"mtu"`
+	TunAddr     []string `yaml:"tun-addr"`
+	TunFD       int      `yaml:"tun-fd"`
+	AutoRoute   bool     `yaml:"auto-route"`
+	Route       []string `yaml:"route"`
+	Exclude     []string `yaml:"exclude"`
+	Fwmark      uint32   `yaml:"fwmark"`
+	Table       int      `yaml:"table"`
+	Router      bool     `yaml:"router"`
+	StateDir    string   `yaml:"state-dir"`
+	MaxHalfOpen int      `yaml:"max-half-open"`
+
 	// adminExplicit records that --admin (or the admin key) was given, so
 	// that a failure to serve it is an error rather than a warning.
 	adminExplicit bool
@@ -55,6 +70,12 @@ func defaultConfig() Config {
 		MaxSessions:      4096,
 		RelayBuffer:      engine.DefaultRelayBufferSize,
 		Admin:            []string{"127.0.0.1:8080"},
+		MTU:              1500,
+		TunFD:            -1,
+		Fwmark:           0x2080,
+		Table:            2080,
+		StateDir:         "/run/tungate",
+		MaxHalfOpen:      netstack.DefaultMaxHalfOpen,
 	}
 }
 
@@ -138,7 +159,34 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
 	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
 	fs.Var(&listFlag{list: &cfg.Admin}, "admin", "SCTP admin listener `address` (host:port); repeat for several local addresses (multi-homing); off disables (default 127.0.0.1:8080)")
+
+	fs.StringVar(&cfg.Tun, "tun", cfg.Tun, "TUN device `name` to create (default tun0 when any TUN flag is given); its flows go through the same engine")
+	fs.IntVar(&cfg.MTU, "mtu", cfg.MTU, "TUN device MTU, up to 65535")
+	fs.Var(&listFlag{list: &cfg.TunAddr}, "tun-addr", "address `CIDR` of the TUN device; repeat for IPv4 and IPv6")
+	fs.IntVar(&cfg.TunFD, "tun-fd", cfg.TunFD, "use this already-open TUN file descriptor (made by a VM manager or parent process) instead of creating a device")
+	fs.BoolVar(&cfg.AutoRoute, "auto-route", cfg.AutoRoute, "route the host's traffic into the TUN device (own table and policy rules, removed on exit and after a crash)")
+	fs.Var(&listFlag{list: &cfg.Route}, "route", "with --auto-route, capture only this `CIDR` (repeatable; default all of IPv4 and IPv6)")
+	fs.Var(&listFlag{list: &cfg.Exclude}, "exclude", "with --auto-route, never capture this `CIDR` (repeatable)")
+	fs.Var((*hexFlag)(&cfg.Fwmark), "fwmark", "`mark` set on the gateway's own sockets so that they bypass the TUN device")
+	fs.IntVar(&cfg.Table, "table", cfg.Table, "routing `table` for --auto-route")
+	fs.BoolVar(&cfg.Router, "router", cfg.Router, "with --auto-route, also capture traffic forwarded from other hosts (sets and restores forwarding sysctls)")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "`directory` recording installed routes, so that a restart after a crash removes them")
+	fs.IntVar(&cfg.MaxHalfOpen, "max-half-open", cfg.MaxHalfOpen, "maximum TUN connections held while their outbound side is dialed")
 	return fs
+}
+
+// hexFlag is a uint32 flag that also takes 0x-prefixed hex.
+type hexFlag uint32
+
+func (h *hexFlag) String() string { return fmt.Sprintf("%#x", uint32(*h)) }
+
+func (h *hexFlag) Set(s string) error {
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		return fmt.Errorf("want a 32-bit number such as 0x2080")
+	}
+	*h = hexFlag(v)
+	return nil
 }
 
 const usageHead = `tungate: a SOCKS5 server and client that sends flows out directly or
@@ -221,6 +269,32 @@ type settings struct {
 	adminPass string
 	// admin lists the SCTP admin listener addresses; empty: disabled.
 	admin []netip.AddrPort
+
+	tun      bool // TUN mode
+	tunAddrs []netip.Prefix
+	routes   []netip.Prefix
+	excludes []netip.Prefix
+}
+
+// tunGiven reports whether any flag asks for TUN mode.
+func (c Config) tunGiven() bool {
+	return c.Tun != "" || c.TunFD >= 0 || len(c.TunAddr) > 0 || c.AutoRoute
+}
+
+func parsePrefixes(flag string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range list {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			if ip, err2 := netip.ParseAddr(v); err2 == nil {
+				p = netip.PrefixFrom(ip, ip.BitLen())
+			} else {
+				return nil, usagef("%s %q: want a CIDR such as 198.18.0.1/15 or 2001:db8::1/64", flag, v)
+			}
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func (c Config) validate() error {
@@ -297,6 +371,44 @@ func (c Config) resolve() (*settings, error) {
 			return nil, usagef("--admin %q: want IP:port (for example 127.0.0.1:8080) or off", a)
 		}
 		s.admin = append(s.admin, ap)
+	}
+
+	if c.tunGiven() {
+		s.tun = true
+		var err error
+		if s.tunAddrs, err = parsePrefixes("--tun-addr", c.TunAddr); err != nil {
+			return nil, err
+		}
+		if s.routes, err = parsePrefixes("--route", c.Route); err != nil {
+			return nil, err
+		}
+		if s.excludes, err = parsePrefixes("--exclude", c.Exclude); err != nil {
+			return nil, err
+		}
+		for i := range s.routes {
+			s.routes[i] = s.routes[i].Masked()
+		}
+		for i := range s.excludes {
+			s.excludes[i] = s.excludes[i].Masked()
+		}
+		if c.MTU < 576 || c.MTU > 65535 {
+			return nil, usagef("--mtu %d: want 576 to 65535", c.MTU)
+		}
+		if c.TunFD >= 0 && c.Tun != "" {
+			return nil, usagef("--tun and --tun-fd exclude each other: the descriptor names its device")
+		}
+		if !c.AutoRoute && (len(c.Route) > 0 || len(c.Exclude) > 0 || c.Router) {
+			return nil, usagef("--route, --exclude and --router need --auto-route")
+		}
+		if c.Table <= 0 || c.Table >= 253 && c.Table <= 255 {
+			return nil, usagef("--table %d: want a positive table other than 253-255 (default, main, local)", c.Table)
+		}
+		if c.Fwmark == 0 {
+			return nil, usagef("--fwmark must not be 0")
+		}
+		if c.MaxHalfOpen <= 0 {
+			return nil, usagef("--max-half-open must be positive")
+		}
 	}
 
 	s.adminUser, s.adminPass = os.Getenv("TUNGATE_ADMIN_USER"), os.Getenv("TUNGATE_ADMIN_PASSWORD")

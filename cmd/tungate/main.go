@@ -89,9 +89,10 @@ func serve(ctx context.Context, cfg Config, s *settings, log *slog.Logger) error
 		log.Info("user store loaded", "path", cfg.Users, "users", store.Len())
 	}
 
-	var out engine.Outbound = &engine.Direct{}
+	control := outboundControl(cfg, s)
+	var out engine.Outbound = &engine.Direct{Control: control, Resolver: markedResolver(control)}
 	if len(s.hops) > 0 {
-		up, err := engine.NewUpstream(s.hops, nil)
+		up, err := engine.NewUpstream(s.hops, control)
 		if err != nil {
 			return err
 		}
@@ -101,6 +102,16 @@ func serve(ctx context.Context, cfg Config, s *settings, log *slog.Logger) error
 		log.Info("outbound direct")
 	}
 	eng := engine.New(out, s.engine, log.With("component", "engine"))
+
+	var tunDone <-chan struct{}
+	if s.tun {
+		stopTUN, done, err := startTUN(cfg, s, eng, log)
+		if err != nil {
+			return err
+		}
+		defer stopTUN()
+		tunDone = done
+	}
 
 	var srv *socks.Server
 	errc := make(chan error, 1)
@@ -136,6 +147,12 @@ func serve(ctx context.Context, cfg Config, s *settings, log *slog.Logger) error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
+	case <-tunDone:
+		if srv != nil {
+			srv.Close()
+			<-errc
+		}
+		return errors.New("TUN device failed")
 	case err := <-errc:
 		if srv != nil {
 			srv.Close()
