@@ -231,6 +231,7 @@ func TestTCPThroughStack(t *testing.T) {
 	r := newRig(t, &fakeOut{echo: echoServer(t)})
 	for _, dst := range []netip.Addr{serverV4, serverV6} {
 		t.Run(dst.String(), func(t *testing.T) {
+			base := r.eng.Registry().Metrics()
 			fa, proto := fullAddr(dst, 80)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -246,6 +247,7 @@ func TestTCPThroughStack(t *testing.T) {
 			if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
 				t.Fatalf("echo: %v (%d bytes)", err, len(got))
 			}
+			waitCounts(t, r.eng, base.BytesUp+uint64(len(msg)), base.BytesDown+uint64(len(msg)))
 			flows, _, _ := r.eng.Registry().List(0, 10)
 			if len(flows) != 1 {
 				t.Fatalf("%d flows, want 1", len(flows))
@@ -349,6 +351,7 @@ func TestUDPFullCone(t *testing.T) {
 	if n.Load() != 1 {
 		t.Fatalf("%d associations, want 1 for one client endpoint", n.Load())
 	}
+	waitCounts(t, r.eng, uint64(len("query")+len("to B")), uint64(len("answer")+len("hello from B")))
 	if m := r.eng.Registry().Metrics(); m.UDPOpen != 1 || m.BytesUp != uint64(len("query")+len("to B")) {
 		t.Errorf("metrics %+v", m)
 	}
@@ -449,6 +452,22 @@ func checkAnswer(t *testing.T, dst netip.Addr, syn, answer []byte, rst bool, typ
 			PayloadCsum: checksum.Checksum(icmp[icmpHeaderLen:], 0), PayloadLen: len(icmp) - icmpHeaderLen})
 		if got != want {
 			t.Errorf("ICMPv6 checksum %#x, want %#x", want, got)
+		}
+	}
+}
+
+// waitCounts waits until the engine has counted up and down bytes: a side
+// counts once the other took the bytes, which can be just after they
+// arrived where the test looks.
+func waitCounts(t *testing.T, eng *engine.Engine, up, down uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		m := eng.Registry().Metrics()
+		if m.BytesUp == up && m.BytesDown == down {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counted up %d down %d, want %d and %d", m.BytesUp, m.BytesDown, up, down)
 		}
 	}
 }

@@ -163,6 +163,7 @@ func openRawTUN(t *testing.T, name string, flags uint16) int {
 }
 
 func TestOpenFromFD(t *testing.T) {
+	requireRoot(t)
 	for _, tc := range []struct {
 		name  string
 		flags uint16
@@ -321,6 +322,7 @@ func TestOpenErrorsRoot(t *testing.T) {
 // TestOpenFallback makes the kernel seem to refuse IFF_VNET_HDR, then the
 // offloads: Open must fall back to a plain device that works.
 func TestOpenFallback(t *testing.T) {
+	requireRoot(t)
 	for _, refuse := range []string{"IFF_VNET_HDR", "TUNSETOFFLOAD"} {
 		t.Run(refuse, func(t *testing.T) {
 			ns := newNetns(t)

@@ -119,6 +119,8 @@
 // it. CleanupStale (and InstallRoutes itself, for its device) removes
 // whatever of a dead owner's file is still there and deletes the file;
 // it refuses while the owner (PID and start time) still runs. A state
+// file from before a reboot (another boot_id) is simply deleted: nothing
+// it lists can still be installed. A state
 // file looks like this:
 //
 //	{
@@ -126,6 +128,7 @@
 //	  "device": "tun0",
 //	  "pid": 4242,
 //	  "pid_start": 81234567,
+//	  "boot_id": "0f7c5a52-3b1e-4be5-9a0e-7d0bb6a1c2d3",
 //	  "netns": "net:[4026531840]",
 //	  "complete": true,
 //	  "table": 2080,

@@ -196,6 +196,7 @@ func udpTo(dst netip.AddrPort) func(packet) bool {
 // and that packets given to Device.Write reach sockets in the namespace,
 // with and without offloads.
 func TestReadWrite(t *testing.T) {
+	requireRoot(t)
 	for _, offload := range []bool{true, false} {
 		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
 			ns := newNetns(t)

@@ -130,7 +130,7 @@ func (r *Routes) install() error {
 			}
 			return fmt.Errorf("tun: routes for %q are installed by running process %d (state %s): stop it first", pl.Device, pid, r.path)
 		}
-		if st.Netns != r.ns.id {
+		if st.Netns != r.ns.id && st.BootID == bootID() {
 			return fmt.Errorf("tun: state file %s was written in network namespace %s, this is %s: run the cleanup there, or remove the file", r.path, st.Netns, r.ns.id)
 		}
 		n, err := cleanupState(r.h, r.ns, st, r.path)
@@ -172,6 +172,7 @@ func (r *Routes) install() error {
 	if st.PIDStart, err = procStart(st.PID); err != nil {
 		return fmt.Errorf("tun: reading our own start time: %w", err)
 	}
+	st.BootID = bootID()
 	if err := writeState(r.path, st); err != nil {
 		return err
 	}
@@ -471,7 +472,9 @@ func (r *Routes) StatePath() string { return r.path }
 // returns how many rules, routes and sysctls it removed or restored; no
 // state file means nothing to do. It refuses while the process that
 // installed the routes is still running, and works in the calling
-// thread's network namespace, which must be the one recorded.
+// thread's network namespace, which must be the one recorded. With an
+// empty device, state files of running owners or of other namespaces are
+// skipped instead.
 func CleanupStale(stateDir, device string) (removed int, err error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
@@ -508,7 +511,9 @@ func CleanupStale(stateDir, device string) (removed int, err error) {
 			continue
 		}
 		if alive, pid := stateOwnerAlive(st); alive {
-			errs = append(errs, fmt.Errorf("tun: routes for %q belong to running process %d (state %s): stop it first", st.Device, pid, path))
+			if device != "" {
+				errs = append(errs, fmt.Errorf("tun: routes for %q belong to running process %d (state %s): stop it first", st.Device, pid, path))
+			}
 			continue
 		}
 		if ns == nil {
@@ -519,8 +524,10 @@ func CleanupStale(stateDir, device string) (removed int, err error) {
 				return removed, fmt.Errorf("tun: netlink: %w", err)
 			}
 		}
-		if st.Netns != ns.id {
-			errs = append(errs, fmt.Errorf("tun: state file %s was written in network namespace %s, this is %s: run the cleanup there, or remove the file", path, st.Netns, ns.id))
+		if st.Netns != ns.id && st.BootID == bootID() {
+			if device != "" {
+				errs = append(errs, fmt.Errorf("tun: state file %s was written in network namespace %s, this is %s: run the cleanup there, or remove the file", path, st.Netns, ns.id))
+			}
 			continue
 		}
 		n, err := cleanupState(h, ns, st, path)
@@ -535,6 +542,10 @@ func CleanupStale(stateDir, device string) (removed int, err error) {
 // cleanupState undoes everything st lists that is still there, in reverse
 // order of installation, and removes the state file if all went well.
 func cleanupState(h *netlink.Handle, ns *netnsRef, st *stateFile, path string) (int, error) {
+	if st.BootID != bootID() {
+		// Written before a reboot: nothing of it is installed any more.
+		return 0, removeState(path)
+	}
 	var todo []action
 	for i := range st.Sysctls {
 		todo = append(todo, action{sysctl: &st.Sysctls[i]})
@@ -564,11 +575,20 @@ func cleanupState(h *netlink.Handle, ns *netnsRef, st *stateFile, path string) (
 
 // stateOwnerAlive reports whether the process that wrote st still runs.
 func stateOwnerAlive(st *stateFile) (bool, int) {
-	if st.PID <= 0 {
+	if st.PID <= 0 || st.BootID != bootID() {
 		return false, 0
 	}
 	start, err := procStart(st.PID)
 	return err == nil && start == st.PIDStart, st.PID
+}
+
+// bootID identifies the current boot ("" if unknown).
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // procStart reads a process's start time (field 22 of /proc/PID/stat).

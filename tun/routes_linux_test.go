@@ -316,6 +316,12 @@ func TestInstallRoutesRefuses(t *testing.T) {
 	if n, err := CleanupStale(dir, "tgt0"); err == nil || n != 0 {
 		t.Errorf("CleanupStale of a live install = %d, %v; want a refusal", n, err)
 	}
+	if n, err := CleanupStale(dir, ""); err != nil || n != 0 {
+		t.Errorf("CleanupStale of all devices = %d, %v; want the live install skipped", n, err)
+	}
+	if _, err := os.Stat(r.StatePath()); err != nil {
+		t.Errorf("state file of the live install: %v", err)
+	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -602,5 +608,35 @@ func TestInstallRoutesNoIPv6(t *testing.T) {
 	}
 	if after := snapshot(t, ns); after != before {
 		t.Errorf("routing differs after Close:\n%s\n%s", before, after)
+	}
+}
+
+// TestCleanupStaleAfterReboot: a state file from another boot lists
+// nothing that can still be installed; it is deleted and nothing is
+// touched (not even a sysctl whose value happens to match).
+func TestCleanupStaleAfterReboot(t *testing.T) {
+	ns := newNetns(t)
+	setNsSysctl(t, ns, "net/ipv4/ip_forward", "1")
+	ipn(t, ns, "rule", "add", "prio", "2080", "lookup", "main", "proto", "208")
+	defer enterNetns(t, ns)()
+	dir := t.TempDir()
+	st := &stateFile{Version: stateVersion, Device: "tgt0", PID: 1, BootID: "another-boot", Netns: "net:[1]",
+		Rules:   []ruleSpec{{Family: famInet, Priority: 2080, Table: tableMain}},
+		Sysctls: []sysctlSpec{{Key: "net/ipv4/ip_forward", Old: "0", New: "1"}}}
+	if err := writeState(statePath(dir, "tgt0"), st); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, ns)
+	if n, err := CleanupStale(dir, ""); n != 0 || err != nil {
+		t.Errorf("CleanupStale = %d, %v; want 0, nil", n, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("state file not deleted: %v", ents)
+	}
+	if after := snapshot(t, ns); after != before {
+		t.Errorf("routing changed:\n%s\n%s", before, after)
+	}
+	if v := nsSysctl(t, ns, "net/ipv4/ip_forward"); v != "1" {
+		t.Errorf("ip_forward = %s, want 1 (untouched)", v)
 	}
 }

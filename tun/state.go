@@ -24,6 +24,10 @@ type stateFile struct {
 	// told apart from a reused PID.
 	PID      int    `json:"pid"`
 	PIDStart uint64 `json:"pid_start"`
+	// BootID is /proc/sys/kernel/random/boot_id at install: after a
+	// reboot nothing recorded can still be installed, and the sysctls
+	// have been reset, so such a state file is just deleted.
+	BootID string `json:"boot_id"`
 	// Netns is the installing thread's network namespace, as the link
 	// /proc/thread-self/ns/net reads ("net:[4026531840]").
 	Netns    string       `json:"netns"`

@@ -160,6 +160,9 @@ func TestConnectDirectCounts(t *testing.T) {
 	roundTrip(t, c, "world!")
 
 	reg := gw.eng.Registry()
+	// Bytes are counted once the other side took them, which may be just
+	// after the echo arrived here.
+	waitFor(t, "byte counts", func() bool { m := reg.Metrics(); return m.BytesUp == 11 && m.BytesDown == 11 })
 	flows, total, next := reg.List(0, 10)
 	if total != 1 || len(flows) != 1 || next != 0 {
 		t.Fatalf("List: %d flows, total %d, next %d; want 1, 1, 0", len(flows), total, next)

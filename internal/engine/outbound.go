@@ -86,7 +86,11 @@ func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &directPacketConn{uc: pc.(*net.UDPConn), d: d, names: make(map[string]netip.Addr)}, nil
+	uc := pc.(*net.UDPConn)
+	// Without the error queue the association still works; it only cannot
+	// pass ICMP errors on.
+	recvErr := enableErrQueue(uc) == nil
+	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr)}, nil
 }
 
 // maxCachedNames bounds the names one UDP association remembers.
@@ -96,22 +100,41 @@ const maxCachedNames = 64
 const nameResolveTimeout = 5 * time.Second
 
 type directPacketConn struct {
-	uc *net.UDPConn
-	d  *Direct
+	uc      *net.UDPConn
+	d       *Direct
+	recvErr bool
+	pending []*PacketError // drained from the error queue, not yet returned
 
 	mu    sync.Mutex
 	names map[string]netip.Addr // names this association sent to
 }
 
+// ReadFrom implements socks.PacketConn. An ICMP error about a datagram
+// sent earlier comes back as a *PacketError; the endpoint stays usable.
 func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
-	n, from, err := p.uc.ReadFromUDPAddrPort(b)
-	if err != nil {
-		return 0, socks.Addr{}, err
+	for {
+		if len(p.pending) > 0 {
+			pe := p.pending[0]
+			p.pending = p.pending[1:]
+			return 0, socks.Addr{}, pe
+		}
+		n, from, err := p.uc.ReadFromUDPAddrPort(b)
+		if err == nil {
+			return n, socks.AddrFromAddrPort(from), nil
+		}
+		if !p.recvErr || !isQueuedError(err) {
+			return 0, socks.Addr{}, err
+		}
+		p.pending = readErrQueue(p.uc)
 	}
-	return n, socks.AddrFromAddrPort(from), nil
 }
 
 func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
+	return p.WriteToTTL(b, dst, 0)
+}
+
+// WriteToTTL implements TTLWriter.
+func (p *directPacketConn) WriteToTTL(b []byte, dst socks.Addr, ttl int) (int, error) {
 	ap, ok := dst.AddrPort()
 	if !ok {
 		var err error
@@ -120,7 +143,11 @@ func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
 		}
 	}
 	// On a dual-stack socket the runtime maps IPv4 destinations.
-	return p.uc.WriteToUDPAddrPort(b, ap)
+	if ttl <= 0 {
+		return p.uc.WriteToUDPAddrPort(b, ap)
+	}
+	n, _, err := p.uc.WriteMsgUDPAddrPort(b, ttlControl(ap.Addr().Unmap().Is4(), ttl), ap)
+	return n, err
 }
 
 func (p *directPacketConn) lookup(dst socks.Addr) (netip.AddrPort, error) {

@@ -125,13 +125,29 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
+		// Where both sides can, the client's TTL goes out with the
+		// datagram (traceroute through the gateway).
+		ttlIn, _ := client.(TTLReader)
+		ttlOut, _ := out.(TTLWriter)
 		for {
-			n, dst, err := client.ReadFrom(buf)
+			var n, ttl int
+			var dst socks.Addr
+			var err error
+			if ttlIn != nil && ttlOut != nil {
+				n, dst, ttl, err = ttlIn.ReadFromTTL(buf)
+			} else {
+				n, dst, err = client.ReadFrom(buf)
+			}
 			if err != nil {
 				return
 			}
 			f.setDst(dst)
-			if _, err := out.WriteTo(buf[:n], dst); err != nil {
+			if ttl > 0 {
+				_, err = ttlOut.WriteToTTL(buf[:n], dst, ttl)
+			} else {
+				_, err = out.WriteTo(buf[:n], dst)
+			}
+			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
@@ -148,8 +164,17 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
+		reporter, _ := client.(ErrorReporter)
 		for {
 			n, from, err := out.ReadFrom(buf)
+			var pe *PacketError
+			if errors.As(err, &pe) {
+				e.log.Debug("ICMP error", "flow", f.ID, "dst", pe.Dst.String(), "from", pe.Offender.String(), "type", pe.Type, "code", pe.Code)
+				if reporter != nil {
+					reporter.ReportPacketError(pe)
+				}
+				continue
+			}
 			if err != nil {
 				return
 			}

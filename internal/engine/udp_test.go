@@ -106,6 +106,10 @@ func TestUDPAssociateFullCone(t *testing.T) {
 	if got, _ := readPacket(t, pc); got != "echo:two" {
 		t.Fatalf("got %q, want echo:two", got)
 	}
+	waitFor(t, "byte counts", func() bool {
+		m := gw.eng.Registry().Metrics()
+		return m.BytesUp == 6 && m.BytesDown == uint64(len("echo:one")+len("unsolicited")+len("echo:two"))
+	})
 	m := gw.eng.Registry().Metrics()
 	if m.UDPOpen != 1 || m.BytesUp != 6 || m.BytesDown != uint64(len("echo:one")+len("unsolicited")+len("echo:two")) {
 		t.Errorf("metrics = %+v", m)

@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"tungate/socks"
+)
+
+// Layout of struct sock_extended_err (linux/errqueue.h).
+const (
+	eeLen        = 16
+	eeOriginOff  = 4
+	eeTypeOff    = 5
+	eeCodeOff    = 6
+	eeInfoOff    = 8
+	errQueueMax  = 16  // errors drained at once
+	errQueueData = 576 // payload kept of each offending datagram
+)
+
+// enableErrQueue asks the kernel to queue the ICMP errors about what the
+// socket sends, so that they can be passed on (IP_RECVERR, IPV6_RECVERR).
+func enableErrQueue(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var e4, e6 error
+	if err := rc.Control(func(fd uintptr) {
+		e6 = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+		e4 = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	}); err != nil {
+		return err
+	}
+	if e4 != nil && e6 != nil {
+		return errors.Join(e4, e6)
+	}
+	return nil
+}
+
+// isQueuedError reports whether a read failed because the kernel queued
+// an ICMP error for the socket.
+func isQueuedError(err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case unix.ECONNREFUSED, unix.EHOSTUNREACH, unix.ENETUNREACH, unix.EHOSTDOWN,
+		unix.EACCES, unix.EPERM, unix.EMSGSIZE, unix.ENOPROTOOPT, unix.ENETDOWN:
+		return true
+	}
+	return false
+}
+
+// readErrQueue drains the socket's error queue without blocking.
+func readErrQueue(c *net.UDPConn) []*PacketError {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var out []*PacketError
+	buf := make([]byte, errQueueData)
+	oob := make([]byte, 512)
+	rc.Read(func(fd uintptr) bool {
+		for len(out) < errQueueMax {
+			n, oobn, _, from, err := unix.Recvmsg(int(fd), buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+			if err != nil {
+				break
+			}
+			if pe := parseQueuedError(buf[:n], oob[:oobn], from); pe != nil {
+				out = append(out, pe)
+			}
+		}
+		return true
+	})
+	return out
+}
+
+// parseQueuedError decodes one message from the error queue: the
+// extended error in the control message, the offender after it, the
+// destination in the name and the offending payload in the data.
+func parseQueuedError(data, oob []byte, from unix.Sockaddr) *PacketError {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	for _, m := range msgs {
+		if !(m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR ||
+			m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR) {
+			continue
+		}
+		if len(m.Data) < eeLen {
+			continue
+		}
+		ee := m.Data
+		pe := &PacketError{
+			Type:    ee[eeTypeOff],
+			Code:    ee[eeCodeOff],
+			Info:    binary.NativeEndian.Uint32(ee[eeInfoOff:]),
+			Payload: append([]byte(nil), data...),
+		}
+		switch ee[eeOriginOff] {
+		case unix.SO_EE_ORIGIN_ICMP:
+		case unix.SO_EE_ORIGIN_ICMP6:
+			pe.V6 = true
+		case unix.SO_EE_ORIGIN_LOCAL:
+			// The kernel itself refused to send: too big for the path
+			// MTU it knows. Tell it as the ICMP error a router would send.
+			if binary.NativeEndian.Uint32(ee) != uint32(unix.EMSGSIZE) {
+				return nil
+			}
+			pe.Type, pe.Code = 3, 4
+		default:
+			return nil
+		}
+		pe.Offender = sockaddrIP(ee[eeLen:])
+		if ap, ok := sockaddrAddrPort(from); ok {
+			pe.Dst = socks.AddrFromAddrPort(ap)
+			if ee[eeOriginOff] == unix.SO_EE_ORIGIN_LOCAL && !ap.Addr().Unmap().Is4() {
+				pe.V6, pe.Type, pe.Code = true, 2, 0
+			}
+		}
+		return pe
+	}
+	return nil
+}
+
+// sockaddrIP decodes the IP of a raw struct sockaddr_in or sockaddr_in6.
+func sockaddrIP(b []byte) netip.Addr {
+	if len(b) < 2 {
+		return netip.Addr{}
+	}
+	switch binary.NativeEndian.Uint16(b) {
+	case unix.AF_INET:
+		if len(b) >= 8 {
+			return netip.AddrFrom4([4]byte(b[4:8]))
+		}
+	case unix.AF_INET6:
+		if len(b) >= 24 {
+			return netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, bool) {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), true
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// ttlControl returns the control message that sets the TTL (IPv4) or hop
+// limit (IPv6) of one datagram.
+func ttlControl(v4 bool, ttl int) []byte {
+	b := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafePointer(&b[0]))
+	if v4 {
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TTL
+	} else {
+		h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT
+	}
+	h.SetLen(unix.CmsgLen(4))
+	binary.NativeEndian.PutUint32(b[unix.CmsgLen(0):], uint32(ttl))
+	return b
+}
