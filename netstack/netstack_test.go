@@ -58,6 +58,7 @@ var (
 type fakeOut struct {
 	echo    string
 	dialErr error
+	udpErr  error
 	delay   time.Duration
 
 	mu    sync.Mutex
@@ -87,6 +88,9 @@ func (f *fakeOut) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error)
 }
 
 func (f *fakeOut) ListenUDP(context.Context) (socks.PacketConn, error) {
+	if f.udpErr != nil {
+		return nil, f.udpErr
+	}
 	pc := &fakePC{sent: make(chan fakeDatagram, 16), recv: make(chan fakeDatagram, 16), done: make(chan struct{})}
 	f.mu.Lock()
 	f.pcs = append(f.pcs, pc)
@@ -104,6 +108,8 @@ func (f *fakeOut) Bind(context.Context, socks.Addr) (socks.BindListener, error) 
 type fakeDatagram struct {
 	data string
 	addr socks.Addr
+	ttl  int
+	err  error // returned by ReadFrom instead of a datagram
 }
 
 type fakePC struct {
@@ -115,6 +121,9 @@ type fakePC struct {
 func (p *fakePC) ReadFrom(b []byte) (int, socks.Addr, error) {
 	select {
 	case d := <-p.recv:
+		if d.err != nil {
+			return 0, socks.Addr{}, d.err
+		}
 		return copy(b, d.data), d.addr, nil
 	case <-p.done:
 		return 0, socks.Addr{}, net.ErrClosed
@@ -122,8 +131,12 @@ func (p *fakePC) ReadFrom(b []byte) (int, socks.Addr, error) {
 }
 
 func (p *fakePC) WriteTo(b []byte, a socks.Addr) (int, error) {
+	return p.WriteToTTL(b, a, 0)
+}
+
+func (p *fakePC) WriteToTTL(b []byte, a socks.Addr, ttl int) (int, error) {
 	select {
-	case p.sent <- fakeDatagram{string(b), a}:
+	case p.sent <- fakeDatagram{data: string(b), addr: a, ttl: ttl}:
 	case <-p.done:
 		return 0, net.ErrClosed
 	}
@@ -334,10 +347,10 @@ func TestUDPFullCone(t *testing.T) {
 			t.Fatalf("client got %q from %v, want %q from %v", buf[:n], got, want, from)
 		}
 	}
-	pc.recv <- fakeDatagram{"answer", socks.AddrFromAddrPort(peerA)}
+	pc.recv <- fakeDatagram{data: "answer", addr: socks.AddrFromAddrPort(peerA)}
 	read("answer", peerA)
 	// B never heard from the client, but its datagram comes through.
-	pc.recv <- fakeDatagram{"hello from B", socks.AddrFromAddrPort(peerB)}
+	pc.recv <- fakeDatagram{data: "hello from B", addr: socks.AddrFromAddrPort(peerB)}
 	read("hello from B", peerB)
 	// Another destination uses the same association.
 	c.WriteTo([]byte("to B"), net.UDPAddrFromAddrPort(peerB))
@@ -470,4 +483,167 @@ func waitCounts(t *testing.T, eng *engine.Engine, up, down uint64) {
 			t.Fatalf("counted up %d down %d, want %d and %d", m.BytesUp, m.BytesDown, up, down)
 		}
 	}
+}
+
+// udpProbe builds the IP packet of a client datagram with the given TTL.
+func udpProbe(t *testing.T, src, dst netip.AddrPort, ttl uint8, payload string) []byte {
+	t.Helper()
+	pkt, err := appendUDPPacket(nil, src, dst, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src.Addr().Is4() {
+		ip := header.IPv4(pkt)
+		ip.SetTTL(ttl)
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+	} else {
+		header.IPv6(pkt).SetHopLimit(ttl)
+	}
+	return pkt
+}
+
+// rawRig is a gateway Stack whose client side the test drives by hand.
+func rawRig(t *testing.T, out *fakeOut, cfg Config) (gwOut chan []byte, send func([]byte)) {
+	t.Helper()
+	gwDev, clientDev := newPipe(1500)
+	gw, err := New(gwDev, engine.New(out, nil, nil), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		gw.Close()
+		clientDev.Close()
+	})
+	send = func(p []byte) {
+		if _, err := clientDev.Write([][]byte{append(make([]byte, clientDev.Headroom()), p...)}, clientDev.Headroom()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return clientDev.in, send
+}
+
+func nextPacket(t *testing.T, ch chan []byte) []byte {
+	t.Helper()
+	select {
+	case p := <-ch:
+		return p
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gateway sent nothing")
+	}
+	return nil
+}
+
+// TestUDPTTL: a datagram whose TTL ends at the gateway is answered with
+// time exceeded from the gateway's own address; a small TTL leaves less
+// one; an ordinary one leaves with the default.
+func TestUDPTTL(t *testing.T) {
+	checkLeaks(t)
+	gwV4, gwV6 := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("2001:db8::1")
+	for _, fam := range []struct{ client, server, gw netip.Addr }{{clientV4, serverV4, gwV4}, {clientV6, serverV6, gwV6}} {
+		t.Run(fam.server.String(), func(t *testing.T) {
+			out := &fakeOut{newPC: make(chan *fakePC, 4)}
+			gwOut, send := rawRig(t, out, Config{Addrs: []netip.Addr{gwV4, gwV6}})
+			src, dst := netip.AddrPortFrom(fam.client, 33434), netip.AddrPortFrom(fam.server, 33435)
+
+			probe := udpProbe(t, src, dst, 1, "hop 1")
+			send(probe)
+			checkAnswer(t, fam.gw, probe, nextPacket(t, gwOut), false, 11, 0, 3, 0)
+
+			send(udpProbe(t, src, dst, 5, "hop 5"))
+			pc := <-out.newPC
+			if d := <-pc.sent; d.data != "hop 5" || d.ttl != 4 {
+				t.Fatalf("outbound got %q with TTL %d, want TTL 4", d.data, d.ttl)
+			}
+			send(udpProbe(t, src, dst, 64, "ordinary"))
+			if d := <-pc.sent; d.data != "ordinary" || d.ttl != 0 {
+				t.Fatalf("outbound got %q with TTL %d, want the default (0)", d.data, d.ttl)
+			}
+		})
+	}
+}
+
+// TestUDPPacketErrors: an ICMP error the outbound side reports reaches
+// the client as the same error from the same sender, quoting the client's
+// datagram; and an association that cannot be set up answers the
+// datagrams waiting for it as the reply code says.
+func TestUDPPacketErrors(t *testing.T) {
+	checkLeaks(t)
+	router := netip.MustParseAddr("198.18.5.1")
+	t.Run("port unreachable passed on", func(t *testing.T) {
+		out := &fakeOut{newPC: make(chan *fakePC, 4)}
+		gwOut, send := rawRig(t, out, Config{})
+		src, dst := netip.AddrPortFrom(clientV4, 40000), netip.AddrPortFrom(serverV4, 53)
+		probe := udpProbe(t, src, dst, 64, "query")
+		send(probe)
+		pc := <-out.newPC
+		<-pc.sent
+		pc.recv <- fakeDatagram{err: &engine.PacketError{Dst: socks.AddrFromAddrPort(dst), Type: 3, Code: 3, Offender: serverV4, Payload: []byte("query")}}
+		ans := nextPacket(t, gwOut)
+		quote := ans[header.IPv4MinimumSize+icmpHeaderLen:]
+		checkAnswer(t, serverV4, quote, ans, false, 3, 3, 0, 0)
+		// The gateway rebuilt the quote: its IPv4 ID is the gateway's, the
+		// rest is the client's datagram.
+		if a, b := withoutID(quote), withoutID(probe); string(a) != string(b) {
+			t.Errorf("quote\n% x\nwant\n% x", a, b)
+		}
+	})
+	t.Run("time exceeded from a router", func(t *testing.T) {
+		out := &fakeOut{newPC: make(chan *fakePC, 4)}
+		gwOut, send := rawRig(t, out, Config{})
+		src, dst := netip.AddrPortFrom(clientV4, 40001), netip.AddrPortFrom(serverV4, 33434)
+		probe := udpProbe(t, src, dst, 3, "probe")
+		send(probe)
+		pc := <-out.newPC
+		<-pc.sent
+		pc.recv <- fakeDatagram{err: &engine.PacketError{Dst: socks.AddrFromAddrPort(dst), Type: 11, Code: 0, Offender: router, Payload: []byte("probe")}}
+		ans := nextPacket(t, gwOut)
+		// The quote is the datagram as the gateway rebuilt it: its TTL and
+		// ID are the gateway's; addresses, ports and payload are the
+		// client's, which is what the client's kernel matches on.
+		if got := addrFrom(header.IPv4(ans).SourceAddress()); got != router {
+			t.Fatalf("time exceeded from %v, want the router %v", got, router)
+		}
+		icmp := ans[header.IPv4MinimumSize:]
+		if icmp[0] != 11 || icmp[1] != 0 {
+			t.Fatalf("type %d code %d, want 11/0", icmp[0], icmp[1])
+		}
+		q := header.IPv4(icmp[icmpHeaderLen:])
+		u := header.UDP(q[header.IPv4MinimumSize:])
+		if addrFrom(q.SourceAddress()) != clientV4 || addrFrom(q.DestinationAddress()) != serverV4 ||
+			u.SourcePort() != src.Port() || u.DestinationPort() != dst.Port() || string(u.Payload()) != "probe" {
+			t.Fatalf("quote % x does not describe the client's datagram", icmp[icmpHeaderLen:])
+		}
+	})
+	for _, fam := range []struct{ client, server netip.Addr }{{clientV4, serverV4}, {clientV6, serverV6}} {
+		t.Run("association refused/"+fam.server.String(), func(t *testing.T) {
+			out := &fakeOut{udpErr: &socks.ReplyError{Code: socks.ReplyNetworkUnreachable, Hop: 1}}
+			gwOut, send := rawRig(t, out, Config{})
+			src, dst := netip.AddrPortFrom(fam.client, 40002), netip.AddrPortFrom(fam.server, 53)
+			probe := udpProbe(t, src, dst, 64, "query")
+			send(probe)
+			ans := nextPacket(t, gwOut)
+			var quote []byte
+			if fam.server.Is4() {
+				quote = ans[header.IPv4MinimumSize+icmpHeaderLen:]
+			} else {
+				quote = ans[header.IPv6MinimumSize+icmpHeaderLen:]
+			}
+			checkAnswer(t, fam.server, quote, ans, false, 3, 0, 1, 0)
+			if a, b := withoutID(quote), withoutID(probe); string(a) != string(b) {
+				t.Errorf("quote\n% x\nwant\n% x", a, b)
+			}
+		})
+	}
+}
+
+// withoutID returns a copy of an IP packet with an IPv4 header's ID and
+// checksum zeroed: the fields a rebuilt datagram may not share.
+func withoutID(p []byte) []byte {
+	c := append([]byte(nil), p...)
+	if header.IPVersion(c) == header.IPv4Version {
+		header.IPv4(c).SetID(0)
+		header.IPv4(c).SetChecksum(0)
+	}
+	return c
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -43,6 +44,9 @@ type Config struct {
 	// dials; SYNs past it are dropped, and the client retransmits.
 	// Zero means DefaultMaxHalfOpen.
 	MaxHalfOpen int
+	// Addrs are the gateway's addresses on the TUN side; it answers from
+	// them where it is itself a hop (a TTL that ends at the gateway).
+	Addrs []netip.Addr
 	// ICMPRate and ICMPBurst bound the ICMP errors the stack generates,
 	// per second and in a burst, over all clients. Zero means the
 	// defaults; a negative rate sends none.
@@ -62,6 +66,7 @@ type Stack struct {
 	udp   *udpMapper
 	syns  *synTable
 	icmp  *icmpLimiter
+	addrs []netip.Addr
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -97,8 +102,9 @@ func New(dev Device, eng *engine.Engine, cfg Config) (*Stack, error) {
 	})
 	s := &Stack{
 		stack: gs, dev: dev, eng: eng, log: cfg.Logger,
-		syns: newSynTable(2 * cfg.MaxHalfOpen),
-		icmp: newICMPLimiter(cfg.ICMPRate, cfg.ICMPBurst),
+		syns:  newSynTable(2 * cfg.MaxHalfOpen),
+		icmp:  newICMPLimiter(cfg.ICMPRate, cfg.ICMPBurst),
+		addrs: cfg.Addrs,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.configure(cfg); err != nil {

@@ -71,12 +71,17 @@ func (s *Stack) answerSYN(r *tcp.ForwarderRequest, syn []byte, rep socks.Reply) 
 // sendICMPError sends the ICMP error ans describes about orig, from src,
 // within the rate limit.
 func (s *Stack) sendICMPError(orig []byte, src netip.Addr, ans Answer, mtu uint32) {
-	if !s.icmp.allow() {
-		return
-	}
 	typ, code := ans.Type4, ans.Code4
 	if src.Is6() {
 		typ, code = ans.Type6, ans.Code6
+	}
+	s.sendICMP(orig, src, typ, code, mtu)
+}
+
+// sendICMP sends an ICMP error of the family of orig, within the rate limit.
+func (s *Stack) sendICMP(orig []byte, src netip.Addr, typ, code uint8, mtu uint32) {
+	if !s.icmp.allow() {
+		return
 	}
 	bp := getDatagram()
 	defer putDatagram(bp)
@@ -87,6 +92,18 @@ func (s *Stack) sendICMPError(orig []byte, src netip.Addr, ans Answer, mtu uint3
 	if err := s.link.writeRaw(pkt); err != nil {
 		s.log.Debug("sending ICMP error", "err", err)
 	}
+}
+
+// hopAddr is the address the gateway answers from as a hop on the path
+// (TTL expired at the gateway): its own address of that family on the
+// TUN side, or, with none, the destination's.
+func (s *Stack) hopAddr(dst netip.Addr) netip.Addr {
+	for _, a := range s.addrs {
+		if a.Is4() == dst.Is4() {
+			return a
+		}
+	}
+	return dst
 }
 
 // tcpConn is a gonet connection that can also be reset.

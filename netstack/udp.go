@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"tungate/internal/engine"
@@ -45,6 +46,16 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	}
 	dst := socks.AddrFromAddrPort(netip.AddrPortFrom(dstIP, id.LocalPort))
 
+	ttl := packetTTL(pkt)
+	if ttl <= 1 {
+		// The gateway is a hop, and the datagram's time ends here.
+		orig := stack.PayloadSince(pkt.NetworkHeader())
+		ans := AnswerFor(socks.ReplyTTLExpired)
+		u.s.sendICMPError(orig.AsSlice(), u.s.hopAddr(dstIP), ans, 0)
+		orig.Release()
+		return true
+	}
+
 	m := u.mapping(src)
 	if m == nil {
 		return true
@@ -54,7 +65,7 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	n, _ := payload.ReadAt((*bp)[:min(int(payload.Size()), len(*bp))], 0)
 	payload.Release()
 	select {
-	case m.in <- datagram{dst: dst, buf: bp, n: n}:
+	case m.in <- datagram{dst: dst, buf: bp, n: n, ttl: ttl}:
 	default:
 		putDatagram(bp)
 	}
@@ -120,6 +131,22 @@ type datagram struct {
 	dst socks.Addr
 	buf *[]byte
 	n   int
+	ttl uint8 // as it arrived
+}
+
+// maxCarriedTTL: a datagram that arrives with a TTL up to this was sent
+// with a small TTL on purpose (a traceroute probe), and leaves with that
+// TTL less one, the gateway's hop. Larger TTLs are ordinary traffic, sent
+// with the system's default.
+const maxCarriedTTL = 32
+
+// packetTTL returns the TTL or hop limit of an inbound packet.
+func packetTTL(pkt *stack.PacketBuffer) uint8 {
+	nh := pkt.NetworkHeader().Slice()
+	if pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber {
+		return header.IPv4(nh).TTL()
+	}
+	return header.IPv6(nh).HopLimit()
 }
 
 func (m *udpMapping) serve() {
@@ -127,7 +154,11 @@ func (m *udpMapping) serve() {
 		Src:   socks.AddrFromAddrPort(m.client),
 		Flags: engine.FlagTUN,
 	}
-	err := m.u.s.eng.ServeUDP(m.u.s.ctx, spec, m, func() error { return nil })
+	ready := false
+	err := m.u.s.eng.ServeUDP(m.u.s.ctx, spec, m, func() error {
+		ready = true
+		return nil
+	})
 	if err != nil {
 		m.u.s.log.Debug("udp mapping failed", "src", m.client.String(), "err", err)
 	}
@@ -137,15 +168,39 @@ func (m *udpMapping) serve() {
 		delete(m.u.maps, m.client)
 	}
 	m.u.mu.Unlock()
-	// Drop what is still queued.
+	// What is still queued is lost. If the association could not be set
+	// up, each queued datagram is answered as the reply code says, as a
+	// router would answer a datagram it cannot deliver.
+	var ans Answer
+	if err != nil && !ready {
+		ans = AnswerFor(socks.ReplyFromError(err))
+	}
 	for {
 		select {
 		case d := <-m.in:
+			if err != nil && !ready {
+				m.answer(d, ans)
+			}
 			putDatagram(d.buf)
 		default:
 			return
 		}
 	}
+}
+
+// answer sends the ICMP error ans about queued datagram d.
+func (m *udpMapping) answer(d datagram, ans Answer) {
+	dst, ok := d.dst.AddrPort()
+	if !ok {
+		return
+	}
+	bp := getDatagram()
+	defer putDatagram(bp)
+	orig, err := appendUDPPacket((*bp)[:0], m.client, dst, (*d.buf)[:d.n])
+	if err != nil {
+		return
+	}
+	m.u.s.sendICMPError(orig, dst.Addr(), ans, 0)
 }
 
 func (m *udpMapping) isClosed() bool {
@@ -159,14 +214,51 @@ func (m *udpMapping) isClosed() bool {
 
 // ReadFrom implements socks.PacketConn.
 func (m *udpMapping) ReadFrom(b []byte) (int, socks.Addr, error) {
+	n, dst, _, err := m.ReadFromTTL(b)
+	return n, dst, err
+}
+
+// ReadFromTTL implements engine.TTLReader: ttl is what the datagram should
+// leave with, or 0 for the default.
+func (m *udpMapping) ReadFromTTL(b []byte) (int, socks.Addr, int, error) {
 	select {
 	case d := <-m.in:
 		n := copy(b, (*d.buf)[:d.n])
 		putDatagram(d.buf)
-		return n, d.dst, nil
+		ttl := 0
+		if d.ttl <= maxCarriedTTL {
+			ttl = int(d.ttl) - 1
+		}
+		return n, d.dst, ttl, nil
 	case <-m.closed:
-		return 0, socks.Addr{}, net.ErrClosed
+		return 0, socks.Addr{}, 0, net.ErrClosed
 	}
+}
+
+// ReportPacketError implements engine.ErrorReporter: the ICMP error the
+// outbound side got about a datagram goes to the client as the same error,
+// from the same sender (a router, or the destination), quoting the
+// client's datagram.
+func (m *udpMapping) ReportPacketError(pe *engine.PacketError) {
+	dst, ok := pe.Dst.AddrPort()
+	if !ok || dst.Addr().Is4() != m.client.Addr().Is4() {
+		return
+	}
+	bp := getDatagram()
+	defer putDatagram(bp)
+	orig, err := appendUDPPacket((*bp)[:0], m.client, dst, pe.Payload)
+	if err != nil {
+		return
+	}
+	from := pe.Offender
+	if !from.IsValid() || from.Is4() != dst.Addr().Is4() {
+		from = dst.Addr()
+	}
+	if pe.V6 == dst.Addr().Is6() {
+		m.u.s.sendICMP(orig, from, pe.Type, pe.Code, pe.Info)
+		return
+	}
+	m.u.s.sendICMPError(orig, from, AnswerFor(pe.Reply()), pe.Info)
 }
 
 // WriteTo implements socks.PacketConn: from is the peer the datagram
