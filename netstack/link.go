@@ -39,6 +39,10 @@ type link struct {
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 
+	// intercept, when set, sees inbound ICMP and ICMPv6 packets first and
+	// reports whether it consumed them. Set before start.
+	intercept func([]byte) bool
+
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -101,6 +105,12 @@ func (l *link) readLoop() error {
 	}
 }
 
+// Offsets of the protocol fields in IP headers.
+const (
+	ipv4ProtoOff   = 9
+	ipv6NextHdrOff = 6
+)
+
 // deliver hands one inbound IP packet to the stack. The bytes are copied:
 // the read buffer is reused for the next batch.
 func (l *link) deliver(b []byte) {
@@ -111,8 +121,14 @@ func (l *link) deliver(b []byte) {
 	switch header.IPVersion(b) {
 	case header.IPv4Version:
 		proto = header.IPv4ProtocolNumber
+		if l.intercept != nil && len(b) > ipv4ProtoOff && b[ipv4ProtoOff] == uint8(header.ICMPv4ProtocolNumber) && l.intercept(b) {
+			return
+		}
 	case header.IPv6Version:
 		proto = header.IPv6ProtocolNumber
+		if l.intercept != nil && len(b) > ipv6NextHdrOff && b[ipv6NextHdrOff] == uint8(header.ICMPv6ProtocolNumber) && l.intercept(b) {
+			return
+		}
 	default:
 		return
 	}

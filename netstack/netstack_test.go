@@ -647,3 +647,98 @@ func withoutID(p []byte) []byte {
 	}
 	return c
 }
+
+func echoRequestPacket(src, dst netip.Addr, ttl uint8, ident, seq uint16, data string) []byte {
+	p := appendEcho(nil, false, src, dst, ident, seq, []byte(data))
+	if src.Is4() {
+		ip := header.IPv4(p)
+		ip.SetTTL(ttl)
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+	} else {
+		header.IPv6(p).SetHopLimit(ttl)
+	}
+	return p
+}
+
+// checkEchoReply checks that p is an echo reply from src to dst carrying
+// ident, seq and data, with checksums as the builder makes them.
+func checkEchoReply(t *testing.T, p []byte, src, dst netip.Addr, ident, seq uint16, data string) {
+	t.Helper()
+	want := appendEcho(nil, true, src, dst, ident, seq, []byte(data))
+	if string(withoutID(p)) != string(withoutID(want)) {
+		t.Fatalf("echo reply\n% x\nwant\n% x", p, want)
+	}
+}
+
+func TestEchoModes(t *testing.T) {
+	checkLeaks(t)
+	for _, fam := range []struct{ client, server netip.Addr }{{clientV4, serverV4}, {clientV6, serverV6}} {
+		t.Run("reply/"+fam.server.String(), func(t *testing.T) {
+			gwOut, send := rawRig(t, &fakeOut{}, Config{ICMP: ICMPReply})
+			send(echoRequestPacket(fam.client, fam.server, 64, 0x1234, 7, "ping data"))
+			checkEchoReply(t, nextPacket(t, gwOut), fam.server, fam.client, 0x1234, 7, "ping data")
+		})
+		t.Run("off/"+fam.server.String(), func(t *testing.T) {
+			gwOut, send := rawRig(t, &fakeOut{}, Config{ICMP: ICMPOff})
+			send(echoRequestPacket(fam.client, fam.server, 64, 0x1234, 7, "ping data"))
+			select {
+			case p := <-gwOut:
+				t.Fatalf("off mode answered: % x", p)
+			case <-time.After(200 * time.Millisecond):
+			}
+		})
+	}
+	t.Run("forward: TTL ends at the gateway", func(t *testing.T) {
+		gw := netip.MustParseAddr("198.18.0.1")
+		gwOut, send := rawRig(t, &fakeOut{}, Config{ICMP: ICMPForward, Addrs: []netip.Addr{gw}})
+		req := echoRequestPacket(clientV4, serverV4, 1, 99, 1, "probe")
+		send(req)
+		checkAnswer(t, gw, req, nextPacket(t, gwOut), false, 11, 0, 0, 0)
+	})
+}
+
+// TestEchoForwardLoopback forwards real echo requests through the kernel's
+// unprivileged ICMP sockets to loopback, and checks that the gateway puts
+// net.ipv4.ping_group_range back as it found it.
+func TestEchoForwardLoopback(t *testing.T) {
+	checkLeaks(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: ICMP sockets may need net.ipv4.ping_group_range widened; run as root (scripts/test)")
+	}
+	before, err := os.ReadFile(pingGroupRange)
+	if err != nil {
+		t.Skipf("no %s: %v", pingGroupRange, err)
+	}
+	func() {
+		gwDev, clientDev := newPipe(1500)
+		eng := engine.New(&fakeOut{}, nil, nil)
+		gw, err := New(gwDev, eng, Config{ICMP: ICMPForward})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			gw.Close()
+			clientDev.Close()
+		}()
+		for _, dst := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+			src := clientV4
+			if dst.Is6() {
+				src = clientV6
+			}
+			for seq := uint16(1); seq <= 3; seq++ {
+				p := echoRequestPacket(src, dst, 64, 0x4242, seq, "real ping")
+				clientDev.Write([][]byte{append(make([]byte, clientDev.Headroom()), p...)}, clientDev.Headroom())
+				checkEchoReply(t, nextPacket(t, clientDev.in), dst, src, 0x4242, seq, "real ping")
+			}
+		}
+		flows, _, _ := eng.Registry().List(0, 10)
+		if len(flows) != 2 || flows[0].Proto != engine.ProtoICMP || flows[1].Proto != engine.ProtoICMPv6 ||
+			flows[0].PktsUp != 3 || flows[0].PktsDown != 3 {
+			t.Errorf("flows %+v", flows)
+		}
+	}()
+	if after, _ := os.ReadFile(pingGroupRange); string(after) != string(before) {
+		t.Errorf("ping_group_range %q after, %q before", after, before)
+	}
+}

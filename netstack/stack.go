@@ -47,6 +47,12 @@ type Config struct {
 	// Addrs are the gateway's addresses on the TUN side; it answers from
 	// them where it is itself a hop (a TTL that ends at the gateway).
 	Addrs []netip.Addr
+	// ICMP says what happens to echo requests (ping). The zero value,
+	// ICMPOff, drops them.
+	ICMP ICMPMode
+	// Mark is set (SO_MARK) on the sockets the stack opens itself (ICMP
+	// forwarding), so that they bypass the TUN device.
+	Mark uint32
 	// ICMPRate and ICMPBurst bound the ICMP errors the stack generates,
 	// per second and in a burst, over all clients. Zero means the
 	// defaults; a negative rate sends none.
@@ -67,6 +73,9 @@ type Stack struct {
 	syns  *synTable
 	icmp  *icmpLimiter
 	addrs []netip.Addr
+
+	icmpMode ICMPMode
+	pinger   *pinger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -102,10 +111,12 @@ func New(dev Device, eng *engine.Engine, cfg Config) (*Stack, error) {
 	})
 	s := &Stack{
 		stack: gs, dev: dev, eng: eng, log: cfg.Logger,
-		syns:  newSynTable(2 * cfg.MaxHalfOpen),
-		icmp:  newICMPLimiter(cfg.ICMPRate, cfg.ICMPBurst),
-		addrs: cfg.Addrs,
+		syns:     newSynTable(2 * cfg.MaxHalfOpen),
+		icmp:     newICMPLimiter(cfg.ICMPRate, cfg.ICMPBurst),
+		addrs:    cfg.Addrs,
+		icmpMode: cfg.ICMP,
 	}
+	s.pinger = newPinger(s, cfg.Mark)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.configure(cfg); err != nil {
 		gs.Close()
@@ -133,6 +144,7 @@ func (s *Stack) configure(cfg Config) error {
 	}
 
 	s.link = newLink(s.dev)
+	s.link.intercept = s.handleEcho
 	if err := s.stack.CreateNIC(nicID, s.link); err != nil {
 		return fmt.Errorf("netstack: create NIC: %s", err)
 	}
@@ -187,6 +199,7 @@ func (s *Stack) Close() error {
 		s.mu.Unlock()
 		s.cancel()
 		s.udp.closeAll()
+		s.pinger.closeAll()
 		s.flows.Wait()
 
 		s.link.Close()

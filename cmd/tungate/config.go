@@ -50,6 +50,9 @@ type Config struct {
 	Router      bool     `yaml:"router"`
 	StateDir    string   `yaml:"state-dir"`
 	MaxHalfOpen int      `yaml:"max-half-open"`
+	ICMP        string   `yaml:"icmp"`
+	ICMPRate    int      `yaml:"icmp-rate"`
+	ICMPBurst   int      `yaml:"icmp-burst"`
 
 	// adminExplicit records that --admin (or the admin key) was given, so
 	// that a failure to serve it is an error rather than a warning.
@@ -76,6 +79,9 @@ func defaultConfig() Config {
 		Table:            2080,
 		StateDir:         "/run/tungate",
 		MaxHalfOpen:      netstack.DefaultMaxHalfOpen,
+		ICMP:             "auto",
+		ICMPRate:         netstack.DefaultICMPRate,
+		ICMPBurst:        netstack.DefaultICMPBurst,
 	}
 }
 
@@ -172,6 +178,9 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.BoolVar(&cfg.Router, "router", cfg.Router, "with --auto-route, also capture traffic forwarded from other hosts (sets and restores forwarding sysctls)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "`directory` recording installed routes, so that a restart after a crash removes them")
 	fs.IntVar(&cfg.MaxHalfOpen, "max-half-open", cfg.MaxHalfOpen, "maximum TUN connections held while their outbound side is dialed")
+	fs.StringVar(&cfg.ICMP, "icmp", cfg.ICMP, "ICMP echo (ping) through the TUN `mode`: off; reply (the gateway answers every ping itself); forward (real echo requests, direct mode only); auto: forward when direct, reply through a proxy")
+	fs.IntVar(&cfg.ICMPRate, "icmp-rate", cfg.ICMPRate, "ICMP errors and echo replies the gateway generates, per `second` (0: none)")
+	fs.IntVar(&cfg.ICMPBurst, "icmp-burst", cfg.ICMPBurst, "burst allowed above --icmp-rate")
 	return fs
 }
 
@@ -271,6 +280,7 @@ type settings struct {
 	admin []netip.AddrPort
 
 	tun      bool // TUN mode
+	icmp     netstack.ICMPMode
 	tunAddrs []netip.Prefix
 	routes   []netip.Prefix
 	excludes []netip.Prefix
@@ -408,6 +418,27 @@ func (c Config) resolve() (*settings, error) {
 		}
 		if c.MaxHalfOpen <= 0 {
 			return nil, usagef("--max-half-open must be positive")
+		}
+		switch c.ICMP {
+		case "auto":
+			s.icmp = netstack.ICMPForward
+			if len(s.hops) > 0 {
+				s.icmp = netstack.ICMPReply
+			}
+		case "off":
+			s.icmp = netstack.ICMPOff
+		case "reply":
+			s.icmp = netstack.ICMPReply
+		case "forward":
+			if len(s.hops) > 0 {
+				return nil, usagef("--icmp forward needs direct mode: SOCKS5 cannot carry ICMP through --proxy; use reply or off")
+			}
+			s.icmp = netstack.ICMPForward
+		default:
+			return nil, usagef("--icmp %q: want off, reply, forward or auto", c.ICMP)
+		}
+		if c.ICMPRate < 0 || c.ICMPBurst < 0 {
+			return nil, usagef("--icmp-rate and --icmp-burst must not be negative")
 		}
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"syscall"
 
 	"tungate/internal/engine"
@@ -60,15 +61,32 @@ func startTUN(cfg Config, s *settings, eng *engine.Engine, log *slog.Logger) (st
 	if err != nil {
 		return nil, nil, err
 	}
+	var addrs []netip.Addr
+	for _, p := range s.tunAddrs {
+		addrs = append(addrs, p.Addr())
+	}
+	icmpRate := cfg.ICMPRate
+	if icmpRate == 0 {
+		icmpRate = -1 // none at all
+	}
+	var mark uint32
+	if cfg.AutoRoute {
+		mark = cfg.Fwmark
+	}
 	st, err := netstack.New(dev, eng, netstack.Config{
 		MaxHalfOpen: cfg.MaxHalfOpen,
+		Mark:        mark,
+		Addrs:       addrs,
+		ICMP:        s.icmp,
+		ICMPRate:    icmpRate,
+		ICMPBurst:   cfg.ICMPBurst,
 		Logger:      log.With("component", "netstack"),
 	})
 	if err != nil {
 		dev.Close()
 		return nil, nil, err
 	}
-	log.Info("TUN device up", "name", dev.Name(), "mtu", dev.MTU(), "addrs", fmt.Sprint(s.tunAddrs), "offloads", dev.Offloads(), "batch", dev.BatchSize())
+	log.Info("TUN device up", "name", dev.Name(), "mtu", dev.MTU(), "addrs", fmt.Sprint(s.tunAddrs), "offloads", dev.Offloads(), "batch", dev.BatchSize(), "icmp", s.icmp.String())
 
 	var routes *tun.Routes
 	if cfg.AutoRoute {

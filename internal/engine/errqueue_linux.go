@@ -23,9 +23,9 @@ const (
 	errQueueData = 576 // payload kept of each offending datagram
 )
 
-// enableErrQueue asks the kernel to queue the ICMP errors about what the
+// EnableErrQueue asks the kernel to queue the ICMP errors about what the
 // socket sends, so that they can be passed on (IP_RECVERR, IPV6_RECVERR).
-func enableErrQueue(c *net.UDPConn) error {
+func EnableErrQueue(c *net.UDPConn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -43,9 +43,9 @@ func enableErrQueue(c *net.UDPConn) error {
 	return nil
 }
 
-// isQueuedError reports whether a read failed because the kernel queued
-// an ICMP error for the socket.
-func isQueuedError(err error) bool {
+// IsQueuedError reports whether a read failed because the kernel queued
+// an ICMP error for the socket; DrainErrQueue then returns it.
+func IsQueuedError(err error) bool {
 	var errno syscall.Errno
 	if !errors.As(err, &errno) {
 		return false
@@ -58,8 +58,8 @@ func isQueuedError(err error) bool {
 	return false
 }
 
-// readErrQueue drains the socket's error queue without blocking.
-func readErrQueue(c *net.UDPConn) []*PacketError {
+// DrainErrQueue reads the socket's queued errors without blocking.
+func DrainErrQueue(c *net.UDPConn) []*PacketError {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil
@@ -159,9 +159,9 @@ func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
-// ttlControl returns the control message that sets the TTL (IPv4) or hop
+// TTLControl returns the control message that sets the TTL (IPv4) or hop
 // limit (IPv6) of one datagram.
-func ttlControl(v4 bool, ttl int) []byte {
+func TTLControl(v4 bool, ttl int) []byte {
 	b := make([]byte, unix.CmsgSpace(4))
 	h := (*unix.Cmsghdr)(unsafePointer(&b[0]))
 	if v4 {

@@ -89,7 +89,7 @@ func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
 	uc := pc.(*net.UDPConn)
 	// Without the error queue the association still works; it only cannot
 	// pass ICMP errors on.
-	recvErr := enableErrQueue(uc) == nil
+	recvErr := EnableErrQueue(uc) == nil
 	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr)}, nil
 }
 
@@ -122,10 +122,10 @@ func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
 		if err == nil {
 			return n, socks.AddrFromAddrPort(from), nil
 		}
-		if !p.recvErr || !isQueuedError(err) {
+		if !p.recvErr || !IsQueuedError(err) {
 			return 0, socks.Addr{}, err
 		}
-		p.pending = readErrQueue(p.uc)
+		p.pending = DrainErrQueue(p.uc)
 	}
 }
 
@@ -146,7 +146,7 @@ func (p *directPacketConn) WriteToTTL(b []byte, dst socks.Addr, ttl int) (int, e
 	if ttl <= 0 {
 		return p.uc.WriteToUDPAddrPort(b, ap)
 	}
-	n, _, err := p.uc.WriteMsgUDPAddrPort(b, ttlControl(ap.Addr().Unmap().Is4(), ttl), ap)
+	n, _, err := p.uc.WriteMsgUDPAddrPort(b, TTLControl(ap.Addr().Unmap().Is4(), ttl), ap)
 	return n, err
 }
 
