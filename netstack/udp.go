@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -67,6 +68,9 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	select {
 	case m.in <- datagram{dst: dst, buf: bp, n: n, ttl: ttl}:
 	default:
+		// The outbound side is not keeping up: drop, as a full socket
+		// buffer would, and count it.
+		m.dropped.Add(1)
 		putDatagram(bp)
 	}
 	return true
@@ -122,6 +126,8 @@ type udpMapping struct {
 	u      *udpMapper
 	client netip.AddrPort
 	in     chan datagram
+	// dropped counts datagrams lost because the queue was full.
+	dropped atomic.Uint64
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -161,6 +167,9 @@ func (m *udpMapping) serve() {
 	})
 	if err != nil {
 		m.u.s.log.Debug("udp mapping failed", "src", m.client.String(), "err", err)
+	}
+	if n := m.dropped.Load(); n > 0 {
+		m.u.s.log.Debug("udp datagrams dropped: the outbound side did not keep up", "src", m.client.String(), "dropped", n)
 	}
 	m.Close()
 	m.u.mu.Lock()
