@@ -109,13 +109,17 @@ type fakeDatagram struct {
 	data string
 	addr socks.Addr
 	ttl  int
+	df   bool
 	err  error // returned by ReadFrom instead of a datagram
 }
 
 type fakePC struct {
 	sent, recv chan fakeDatagram
-	once       sync.Once
-	done       chan struct{}
+	mu sync.Mutex
+	// writeErr, when set, decides the error of every write.
+	writeErr func([]byte, socks.Addr, engine.Meta) error
+	once     sync.Once
+	done     chan struct{}
 }
 
 func (p *fakePC) ReadFrom(b []byte) (int, socks.Addr, error) {
@@ -131,12 +135,20 @@ func (p *fakePC) ReadFrom(b []byte) (int, socks.Addr, error) {
 }
 
 func (p *fakePC) WriteTo(b []byte, a socks.Addr) (int, error) {
-	return p.WriteToTTL(b, a, 0)
+	return p.WriteToMeta(b, a, engine.Meta{})
 }
 
-func (p *fakePC) WriteToTTL(b []byte, a socks.Addr, ttl int) (int, error) {
+func (p *fakePC) WriteToMeta(b []byte, a socks.Addr, meta engine.Meta) (int, error) {
+	p.mu.Lock()
+	werr := p.writeErr
+	p.mu.Unlock()
+	if werr != nil {
+		if err := werr(b, a, meta); err != nil {
+			return 0, err
+		}
+	}
 	select {
-	case p.sent <- fakeDatagram{data: string(b), addr: a, ttl: ttl}:
+	case p.sent <- fakeDatagram{data: string(b), addr: a, ttl: meta.TTL, df: meta.DontFragment}:
 	case <-p.done:
 		return 0, net.ErrClosed
 	}
@@ -740,5 +752,65 @@ func TestEchoForwardLoopback(t *testing.T) {
 	}()
 	if after, _ := os.ReadFile(pingGroupRange); string(after) != string(before) {
 		t.Errorf("ping_group_range %q after, %q before", after, before)
+	}
+}
+
+// TestUDPPathMTU: the client's don't-fragment bit reaches the outbound
+// side, and a datagram too big for the outbound path comes back to the
+// client as "fragmentation needed" / "packet too big" with the path MTU.
+func TestUDPPathMTU(t *testing.T) {
+	checkLeaks(t)
+	for _, fam := range []struct {
+		client, server netip.Addr
+		typ, code      uint8
+		mtu            uint32
+	}{{clientV4, serverV4, 3, 4, 1400}, {clientV6, serverV6, 2, 0, 1280}} {
+		t.Run(fam.server.String(), func(t *testing.T) {
+			out := &fakeOut{newPC: make(chan *fakePC, 1)}
+			gwOut, send := rawRig(t, out, Config{})
+			src, dst := netip.AddrPortFrom(fam.client, 40100), netip.AddrPortFrom(fam.server, 4000)
+			small := udpProbe(t, src, dst, 64, "small")
+			if fam.client.Is4() {
+				ip := header.IPv4(small)
+				ip.SetFlagsFragmentOffset(header.IPv4FlagDontFragment, 0)
+				ip.SetChecksum(0)
+				ip.SetChecksum(^ip.CalculateChecksum())
+			}
+			send(small)
+			pc := <-out.newPC
+			if d := <-pc.sent; !d.df {
+				t.Fatalf("outbound got DontFragment false for a DF datagram")
+			}
+			big := strings.Repeat("x", 1450)
+			pc.mu.Lock()
+			pc.writeErr = func(b []byte, a socks.Addr, m engine.Meta) error {
+				if m.DontFragment && len(b) > int(fam.mtu)-48 {
+					return &engine.PacketError{Dst: a, V6: fam.client.Is6(), Type: fam.typ, Code: fam.code, Info: fam.mtu, Payload: b}
+				}
+				return nil
+			}
+			pc.mu.Unlock()
+			probe := udpProbe(t, src, dst, 64, big)
+			if fam.client.Is4() {
+				ip := header.IPv4(probe)
+				ip.SetFlagsFragmentOffset(header.IPv4FlagDontFragment, 0)
+				ip.SetChecksum(0)
+				ip.SetChecksum(^ip.CalculateChecksum())
+			}
+			send(probe)
+			ans := nextPacket(t, gwOut)
+			var icmp []byte
+			if fam.client.Is4() {
+				icmp = ans[header.IPv4MinimumSize:]
+				if icmp[0] != 3 || icmp[1] != 4 || uint32(header.ICMPv4(icmp).MTU()) != fam.mtu {
+					t.Fatalf("got type %d code %d MTU %d, want 3/4 with MTU %d", icmp[0], icmp[1], header.ICMPv4(icmp).MTU(), fam.mtu)
+				}
+			} else {
+				icmp = ans[header.IPv6MinimumSize:]
+				if icmp[0] != 2 || icmp[1] != 0 || header.ICMPv6(icmp).MTU() != fam.mtu {
+					t.Fatalf("got type %d code %d MTU %d, want 2/0 with MTU %d", icmp[0], icmp[1], header.ICMPv6(icmp).MTU(), fam.mtu)
+				}
+			}
+		})
 	}
 }

@@ -66,7 +66,7 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	n, _ := payload.ReadAt((*bp)[:min(int(payload.Size()), len(*bp))], 0)
 	payload.Release()
 	select {
-	case m.in <- datagram{dst: dst, buf: bp, n: n, ttl: ttl}:
+	case m.in <- datagram{dst: dst, buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)}:
 	default:
 		// The outbound side is not keeping up: drop, as a full socket
 		// buffer would, and count it.
@@ -138,6 +138,7 @@ type datagram struct {
 	buf *[]byte
 	n   int
 	ttl uint8 // as it arrived
+	df  bool  // must not be fragmented: IPv4 DF, or IPv6
 }
 
 // maxCarriedTTL: a datagram that arrives with a TTL up to this was sent
@@ -145,6 +146,15 @@ type datagram struct {
 // TTL less one, the gateway's hop. Larger TTLs are ordinary traffic, sent
 // with the system's default.
 const maxCarriedTTL = 32
+
+// dontFragment reports whether an inbound datagram must not be fragmented
+// on its way: IPv4 with DF set (before any reassembly here), and IPv6.
+func dontFragment(pkt *stack.PacketBuffer) bool {
+	if pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber {
+		return header.IPv4(pkt.NetworkHeader().Slice()).Flags()&header.IPv4FlagDontFragment != 0
+	}
+	return true
+}
 
 // packetTTL returns the TTL or hop limit of an inbound packet.
 func packetTTL(pkt *stack.PacketBuffer) uint8 {
@@ -223,24 +233,24 @@ func (m *udpMapping) isClosed() bool {
 
 // ReadFrom implements socks.PacketConn.
 func (m *udpMapping) ReadFrom(b []byte) (int, socks.Addr, error) {
-	n, dst, _, err := m.ReadFromTTL(b)
+	n, dst, _, err := m.ReadFromMeta(b)
 	return n, dst, err
 }
 
-// ReadFromTTL implements engine.TTLReader: ttl is what the datagram should
-// leave with, or 0 for the default.
-func (m *udpMapping) ReadFromTTL(b []byte) (int, socks.Addr, int, error) {
+// ReadFromMeta implements engine.MetaReader: the TTL the datagram should
+// leave with (0 for the default), and whether it may be fragmented.
+func (m *udpMapping) ReadFromMeta(b []byte) (int, socks.Addr, engine.Meta, error) {
 	select {
 	case d := <-m.in:
 		n := copy(b, (*d.buf)[:d.n])
 		putDatagram(d.buf)
-		ttl := 0
+		meta := engine.Meta{DontFragment: d.df}
 		if d.ttl <= maxCarriedTTL {
-			ttl = int(d.ttl) - 1
+			meta.TTL = int(d.ttl) - 1
 		}
-		return n, d.dst, ttl, nil
+		return n, d.dst, meta, nil
 	case <-m.closed:
-		return 0, socks.Addr{}, 0, net.ErrClosed
+		return 0, socks.Addr{}, engine.Meta{}, net.ErrClosed
 	}
 }
 

@@ -56,16 +56,26 @@ func (e *PacketError) Reply() socks.Reply {
 	return socks.ReplyGeneralFailure
 }
 
-// TTLReader is implemented by client-side endpoints that know the TTL (or
-// hop limit) each datagram arrived with.
-type TTLReader interface {
-	ReadFromTTL(b []byte) (n int, addr socks.Addr, ttl int, err error)
+// Meta is what the IP header said about a datagram, where the client side
+// knows it, for the outbound side to honor.
+type Meta struct {
+	// TTL to send with (TTL or hop limit); 0 means the system default.
+	TTL int
+	// DontFragment: the datagram must not be fragmented on the way (IPv4
+	// DF; always so for IPv6, which routers never fragment). One too big
+	// for the path comes back as a *PacketError with the path's MTU.
+	DontFragment bool
 }
 
-// TTLWriter is implemented by outbound endpoints that can send a datagram
-// with a given TTL; ttl 0 means the system default.
-type TTLWriter interface {
-	WriteToTTL(b []byte, addr socks.Addr, ttl int) (int, error)
+// MetaReader is implemented by client-side endpoints that know each
+// datagram's IP header.
+type MetaReader interface {
+	ReadFromMeta(b []byte) (n int, addr socks.Addr, meta Meta, err error)
+}
+
+// MetaWriter is implemented by outbound endpoints that can honor Meta.
+type MetaWriter interface {
+	WriteToMeta(b []byte, addr socks.Addr, meta Meta) (int, error)
 }
 
 // ErrorReporter is implemented by client-side endpoints that can tell the

@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -172,4 +173,53 @@ func TTLControl(v4 bool, ttl int) []byte {
 	h.SetLen(unix.CmsgLen(4))
 	binary.NativeEndian.PutUint32(b[unix.CmsgLen(0):], uint32(ttl))
 	return b
+}
+
+// setDontFragment switches IPv4 path MTU discovery between "do" (DF set,
+// a datagram too big for the path fails with EMSGSIZE) and "want" (the
+// kernel fragments), following what the client's datagram asked for. The
+// socket keeps its setting until a datagram asks otherwise, so the call is
+// rare. IPv6 is always "do": routers never fragment it either.
+func (p *directPacketConn) setDontFragment(df bool) {
+	if p.df.Load() == df && p.dfSet.Load() {
+		return
+	}
+	mode := unix.IP_PMTUDISC_WANT
+	if df {
+		mode = unix.IP_PMTUDISC_DO
+	}
+	rc, err := p.uc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, mode) == nil {
+			p.df.Store(df)
+			p.dfSet.Store(true)
+		}
+		if !p.v6DO.Load() {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO)
+			p.v6DO.Store(true)
+		}
+	})
+}
+
+// tooBig returns the error for a datagram to dst the kernel would not send
+// because it exceeds the path MTU: the local error it queued carries the
+// MTU. Other errors drained with it, which the reader would have passed
+// on, are dropped: they would have to cross to the reader's goroutine,
+// and losing one is what a lost ICMP error does anyway.
+func (p *directPacketConn) tooBig(dst netip.AddrPort, b []byte) error {
+	var found *PacketError
+	for _, pe := range DrainErrQueue(p.uc) {
+		if found == nil && (pe.Type == 3 && pe.Code == 4 && !pe.V6 || pe.Type == 2 && pe.V6) {
+			found = pe
+		}
+	}
+	if found == nil {
+		return fmt.Errorf("engine: datagram of %d bytes to %s too big for the path: %w", len(b), dst, unix.EMSGSIZE)
+	}
+	found.Dst = socks.AddrFromAddrPort(dst)
+	found.Payload = append([]byte(nil), b[:min(len(b), errQueueData)]...)
+	return found
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -105,6 +106,10 @@ type directPacketConn struct {
 	recvErr bool
 	pending []*PacketError // drained from the error queue, not yet returned
 
+	df    atomic.Bool // IPv4 path MTU discovery is "do" (DF set, never fragment)
+	dfSet atomic.Bool // df has been applied to the socket
+	v6DO  atomic.Bool // IPv6 path MTU discovery set to "do"
+
 	mu    sync.Mutex
 	names map[string]netip.Addr // names this association sent to
 }
@@ -130,24 +135,42 @@ func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
 }
 
 func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
-	return p.WriteToTTL(b, dst, 0)
-}
-
-// WriteToTTL implements TTLWriter.
-func (p *directPacketConn) WriteToTTL(b []byte, dst socks.Addr, ttl int) (int, error) {
-	ap, ok := dst.AddrPort()
-	if !ok {
-		var err error
-		if ap, err = p.lookup(dst); err != nil {
-			return 0, err
-		}
+	ap, err := p.resolveDst(dst)
+	if err != nil {
+		return 0, err
 	}
 	// On a dual-stack socket the runtime maps IPv4 destinations.
-	if ttl <= 0 {
-		return p.uc.WriteToUDPAddrPort(b, ap)
+	return p.uc.WriteToUDPAddrPort(b, ap)
+}
+
+// WriteToMeta implements MetaWriter: the TTL goes with the datagram, and
+// with DontFragment a datagram too big for the path is not fragmented but
+// comes back as a *PacketError carrying the path MTU.
+func (p *directPacketConn) WriteToMeta(b []byte, dst socks.Addr, meta Meta) (int, error) {
+	ap, err := p.resolveDst(dst)
+	if err != nil {
+		return 0, err
 	}
-	n, _, err := p.uc.WriteMsgUDPAddrPort(b, TTLControl(ap.Addr().Unmap().Is4(), ttl), ap)
+	v4 := ap.Addr().Unmap().Is4()
+	if v4 {
+		p.setDontFragment(meta.DontFragment)
+	}
+	var oob []byte
+	if meta.TTL > 0 {
+		oob = TTLControl(v4, meta.TTL)
+	}
+	n, _, err := p.uc.WriteMsgUDPAddrPort(b, oob, ap)
+	if err != nil && errors.Is(err, syscall.EMSGSIZE) {
+		return 0, p.tooBig(ap, b)
+	}
 	return n, err
+}
+
+func (p *directPacketConn) resolveDst(dst socks.Addr) (netip.AddrPort, error) {
+	if ap, ok := dst.AddrPort(); ok {
+		return ap, nil
+	}
+	return p.lookup(dst)
 }
 
 func (p *directPacketConn) lookup(dst socks.Addr) (netip.AddrPort, error) {

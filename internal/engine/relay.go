@@ -125,16 +125,19 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
-		// Where both sides can, the client's TTL goes out with the
-		// datagram (traceroute through the gateway).
-		ttlIn, _ := client.(TTLReader)
-		ttlOut, _ := out.(TTLWriter)
+		// Where both sides can, what the client's IP header said goes out
+		// with the datagram: its TTL (traceroute through the gateway) and
+		// its don't-fragment bit (path MTU discovery through it).
+		metaIn, _ := client.(MetaReader)
+		metaOut, _ := out.(MetaWriter)
+		reporter, _ := client.(ErrorReporter)
 		for {
-			var n, ttl int
+			var n int
 			var dst socks.Addr
+			var meta Meta
 			var err error
-			if ttlIn != nil && ttlOut != nil {
-				n, dst, ttl, err = ttlIn.ReadFromTTL(buf)
+			if metaIn != nil && metaOut != nil {
+				n, dst, meta, err = metaIn.ReadFromMeta(buf)
 			} else {
 				n, dst, err = client.ReadFrom(buf)
 			}
@@ -142,10 +145,18 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 				return
 			}
 			f.setDst(dst)
-			if ttl > 0 {
-				_, err = ttlOut.WriteToTTL(buf[:n], dst, ttl)
+			if metaOut != nil && metaIn != nil {
+				_, err = metaOut.WriteToMeta(buf[:n], dst, meta)
 			} else {
 				_, err = out.WriteTo(buf[:n], dst)
+			}
+			var pe *PacketError
+			if errors.As(err, &pe) {
+				// Too big for the path: the client learns the MTU.
+				if reporter != nil {
+					reporter.ReportPacketError(pe)
+				}
+				continue
 			}
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
