@@ -115,7 +115,7 @@ type fakeDatagram struct {
 
 type fakePC struct {
 	sent, recv chan fakeDatagram
-	mu sync.Mutex
+	mu         sync.Mutex
 	// writeErr, when set, decides the error of every write.
 	writeErr func([]byte, socks.Addr, engine.Meta) error
 	once     sync.Once
