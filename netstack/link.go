@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -35,6 +36,10 @@ type link struct {
 	dev      Device
 	mtu      uint32
 	headroom int
+	// vnet, when the device takes virtio-net headers, is where outbound
+	// packets go: the stack then builds TCP segments up to gsoMaxSize and
+	// the kernel segments them (TSO), one write for many packets.
+	vnet vnetWriter
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -60,7 +65,38 @@ func newLink(dev Device) *link {
 		headroom: dev.Headroom(),
 		closed:   make(chan struct{}),
 	}
+	if vw, ok := dev.(vnetWriter); ok && vw.VnetHdr() {
+		l.vnet = vw
+	}
 	return l
+}
+
+// vnetWriter is implemented by devices that take frames starting with a
+// virtio-net header (tun.Device with offloads).
+type vnetWriter interface {
+	VnetHdr() bool
+	WriteVnet(frames [][]byte) (int, error)
+}
+
+// gsoMaxSize bounds the TCP segments the stack builds for the kernel to
+// split: within an IPv4 packet's 16-bit length, with room for headers.
+const gsoMaxSize = 60000
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (l *link) GSOMaxSize() uint32 {
+	if l.vnet == nil {
+		return 0
+	}
+	return gsoMaxSize
+}
+
+// SupportedGSO implements stack.GSOEndpoint: segmentation by the host
+// kernel, when the device takes virtio-net headers.
+func (l *link) SupportedGSO() stack.SupportedGSO {
+	if l.vnet == nil {
+		return stack.GSONotSupported
+	}
+	return stack.HostGSOSupported
 }
 
 // start begins reading from the device. The reader stops when the device
@@ -147,6 +183,9 @@ func (l *link) deliver(b []byte) {
 
 // WritePackets implements stack.LinkWriter.
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if l.vnet != nil {
+		return l.writeVnet(pkts)
+	}
 	list := pkts.AsSlice()
 	batch := max(l.dev.BatchSize(), 1)
 	written := 0
@@ -268,4 +307,79 @@ func (l *link) SetOnCloseAction(func()) {}
 // isTransientRead reports read errors after which the device still works.
 func isTransientRead(err error) bool {
 	return errors.Is(err, wgtun.ErrTooManySegments)
+}
+
+// The virtio-net header (struct virtio_net_hdr, without num_buffers).
+const (
+	vnetHdrLen        = 10
+	vnetFlagNeedsCsum = 1
+	vnetGSOTCPv4      = 1
+	vnetGSOTCPv6      = 4
+	vnetHdrLenOff     = 2
+	vnetGSOSizeOff    = 4
+	vnetCsumStartOff  = 6
+	vnetCsumOffsetOff = 8
+	vnetGSOTypeOff    = 1
+	vnetFlagsOff      = 0
+)
+
+// writeVnet writes packets with a virtio-net header each: a TCP segment
+// larger than the MSS is marked for the kernel to segment, and a partial
+// TCP checksum for the kernel to finish.
+func (l *link) writeVnet(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	list := pkts.AsSlice()
+	batch := max(l.dev.BatchSize(), 1)
+	written := 0
+	for len(list) > 0 {
+		n := min(len(list), batch)
+		bp := l.getBufs(n)
+		bufs := *bp
+		for i, pkt := range list[:n] {
+			b := bufs[i][:vnetHdrLen+pkt.Size()]
+			putVnetHdr(b[:vnetHdrLen], pkt)
+			off := vnetHdrLen
+			for _, s := range pkt.AsSlices() {
+				off += copy(b[off:], s)
+			}
+			bufs[i] = b
+		}
+		_, err := l.vnet.WriteVnet(bufs[:n])
+		l.putBufs(bp)
+		if err != nil {
+			if written == 0 {
+				return 0, &tcpip.ErrClosedForSend{}
+			}
+			return written, nil
+		}
+		written += n
+		list = list[n:]
+	}
+	return written, nil
+}
+
+// putVnetHdr fills h with the virtio-net header for pkt.
+func putVnetHdr(h []byte, pkt *stack.PacketBuffer) {
+	clear(h)
+	gso := pkt.GSOOptions
+	if gso.Type == stack.GSONone || !gso.NeedsCsum {
+		return
+	}
+	l3 := len(pkt.NetworkHeader().Slice())
+	l4 := len(pkt.TransportHeader().Slice())
+	h[vnetFlagsOff] = vnetFlagNeedsCsum
+	binary.LittleEndian.PutUint16(h[vnetCsumStartOff:], uint16(l3))
+	binary.LittleEndian.PutUint16(h[vnetCsumOffsetOff:], gso.CsumOffset)
+	if pkt.Size()-l3-l4 <= int(gso.MSS) {
+		return
+	}
+	switch gso.Type {
+	case stack.GSOTCPv4:
+		h[vnetGSOTypeOff] = vnetGSOTCPv4
+	case stack.GSOTCPv6:
+		h[vnetGSOTypeOff] = vnetGSOTCPv6
+	default:
+		return
+	}
+	binary.LittleEndian.PutUint16(h[vnetHdrLenOff:], uint16(l3+l4))
+	binary.LittleEndian.PutUint16(h[vnetGSOSizeOff:], gso.MSS)
 }

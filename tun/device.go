@@ -1,7 +1,9 @@
 package tun
 
 import (
+	"errors"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -23,6 +25,7 @@ type Device struct {
 	batch    int
 	headroom int
 	offloads string
+	vnet     *os.File // the descriptor, when it takes virtio-net headers
 
 	created bool           // Open created the device (not adopted)
 	added   []netip.Prefix // addresses Open added to an adopted device
@@ -33,6 +36,9 @@ type Device struct {
 	closeOnce sync.Once
 	closeErr  error
 }
+
+// errNoVnet is returned by WriteVnet on a device without virtio-net headers.
+var errNoVnet = errors.New("tun: the device has no virtio-net headers")
 
 // Name is the device's interface name.
 func (d *Device) Name() string { return d.name }

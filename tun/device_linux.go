@@ -259,6 +259,7 @@ func finishOpen(t tunOpen, c Config, h *netlink.Handle, created bool) (*Device, 
 	}
 	d := &Device{dev: dev, name: t.name, created: created, batch: dev.BatchSize()}
 	if t.vnetHdr {
+		d.vnet = dev.File()
 		d.headroom = MaxHeadroom
 		d.offloads = "vnet-hdr tso uso gro"
 		if !t.uso {
@@ -370,4 +371,26 @@ func isGone(err error) bool {
 
 func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// VnetHdr reports whether the device takes frames that start with a
+// virtio-net header, so that WriteVnet can hand it TCP segments larger than
+// the MTU for the kernel to segment (TSO from the stack's side).
+func (d *Device) VnetHdr() bool { return d.vnet != nil }
+
+// WriteVnet writes frames that each start with a 10-byte virtio-net header
+// (struct virtio_net_hdr, little endian) followed by an IP packet. It goes
+// around wireguard's Write, which coalesces MTU-sized packets itself; it
+// is for packets the caller segmented-by-offload already. Safe to call
+// concurrently with Read and Write.
+func (d *Device) WriteVnet(frames [][]byte) (int, error) {
+	if d.vnet == nil {
+		return 0, errNoVnet
+	}
+	for i, f := range frames {
+		if _, err := d.vnet.Write(f); err != nil {
+			return i, fmt.Errorf("tun: %s: %w", d.name, err)
+		}
+	}
+	return len(frames), nil
 }
