@@ -49,7 +49,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, s, log); err != nil {
+	if err := serve(ctx, cfg, s, level, log); err != nil {
 		return exitCode(stderr, err)
 	}
 	return 0
@@ -69,7 +69,7 @@ func exitCode(stderr io.Writer, err error) int {
 }
 
 // serve runs the daemon until ctx ends.
-func serve(ctx context.Context, cfg Config, s *settings, log *slog.Logger) error {
+func serve(ctx context.Context, cfg Config, s *settings, level *slog.LevelVar, log *slog.Logger) error {
 	var store *users.Store
 	if cfg.Users != "" {
 		var err error
@@ -102,6 +102,15 @@ func serve(ctx context.Context, cfg Config, s *settings, log *slog.Logger) error
 		log.Info("outbound direct")
 	}
 	eng := engine.New(out, s.engine, log.With("component", "engine"))
+
+	stopAdmin, err := startAdmin(ctx, adminDeps{
+		Addrs: s.admin, Explicit: cfg.adminExplicit, Engine: eng, Users: store,
+		Level: level, Log: log.With("component", "admin"),
+	})
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 
 	var tunDone <-chan struct{}
 	if s.tun {
