@@ -12,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // Device is the packet device under the stack: a TUN device, or an
@@ -44,6 +45,11 @@ type link struct {
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 
+	// gro coalesces the TCP segments of one read batch before the stack
+	// sees them, so it handles one large segment instead of dozens. Used
+	// by the reader goroutine only.
+	gro gro.GRO
+
 	// intercept, when set, sees inbound ICMP and ICMPv6 packets first and
 	// reports whether it consumed them. Set before start.
 	intercept func([]byte) bool
@@ -68,6 +74,7 @@ func newLink(dev Device) *link {
 	if vw, ok := dev.(vnetWriter); ok && vw.VnetHdr() {
 		l.vnet = vw
 	}
+	l.gro.Init(true)
 	return l
 }
 
@@ -118,8 +125,16 @@ func (l *link) readLoop() error {
 	}
 	for {
 		n, err := l.dev.Read(bufs, sizes, l.headroom)
+		l.mu.RLock()
+		l.gro.Dispatcher = l.dispatcher
+		l.mu.RUnlock()
 		for i := range n {
 			l.deliver(bufs[i][l.headroom : l.headroom+sizes[i]])
+		}
+		if n > 0 && l.gro.Dispatcher != nil {
+			// Segments of one TCP flow in this batch (a TSO packet the
+			// device split, typically) were coalesced: hand them up.
+			l.gro.Flush()
 		}
 		if err != nil {
 			select {
@@ -168,16 +183,15 @@ func (l *link) deliver(b []byte) {
 	default:
 		return
 	}
-	l.mu.RLock()
-	d := l.dispatcher
-	l.mu.RUnlock()
-	if d == nil {
+	if l.gro.Dispatcher == nil {
 		return
 	}
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
 		Payload: buffer.MakeWithData(b),
 	})
-	d.DeliverNetworkPacket(proto, pkt)
+	pkt.NetworkProtocolNumber = proto
+	pkt.RXChecksumValidated = true
+	l.gro.Enqueue(pkt)
 	pkt.DecRef()
 }
 
