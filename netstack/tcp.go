@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -44,7 +45,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		}
 		r.Complete(false)
 		ep.SocketOptions().SetKeepAlive(true)
-		return &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
+		return &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq, closed: make(chan struct{})}, nil
 	})
 	if err != nil {
 		if !completed {
@@ -106,10 +107,42 @@ func (s *Stack) hopAddr(dst netip.Addr) netip.Addr {
 	return dst
 }
 
-// tcpConn is a gonet connection that can also be reset.
+// tcpConn is a gonet connection that can also be reset, and waited on
+// for something to read without a buffer.
 type tcpConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// WaitRead blocks until a Read would not block: data, EOF or an error, or
+// the connection closed.
+func (c *tcpConn) WaitRead() error {
+	const events = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	if c.ep.Readiness(events) != 0 {
+		return nil
+	}
+	e, ch := waiter.NewChannelEntry(events)
+	c.wq.EventRegister(&e)
+	defer c.wq.EventUnregister(&e)
+	if c.ep.Readiness(events) != 0 {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-c.closed:
+		return net.ErrClosed
+	}
+}
+
+// Close closes the connection and ends a WaitRead.
+func (c *tcpConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.TCPConn.Close()
 }
 
 // SetLinger implements the engine's reset hook: SetLinger(0) then Close

@@ -43,15 +43,21 @@ func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
 	abort()
 }
 
-// pipe copies src to dst, counting what dst accepted as up or down.
+// pipe copies src to dst, counting what dst accepted as up or down. It
+// takes a buffer from the pool only once src has something to read, and
+// gives it back after each write, so that idle flows hold none.
 func (e *Engine) pipe(f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) {
-	bp := getRelayBuf(e.settings.RelayBufferSize())
-	defer putRelayBuf(bp)
-	buf := *bp
 	for {
-		n, rerr := src.Read(buf)
+		if err := waitReadable(src); err != nil {
+			abort()
+			return
+		}
+		bp := getRelayBuf(e.settings.RelayBufferSize())
+		n, rerr := src.Read(*bp)
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write((*bp)[:n])
+			putRelayBuf(bp)
+			if werr != nil {
 				if isReset(werr) {
 					reset(src)
 				}
@@ -63,6 +69,8 @@ func (e *Engine) pipe(f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int
 			} else {
 				f.AddDown(n)
 			}
+		} else {
+			putRelayBuf(bp)
 		}
 		if rerr == nil {
 			continue
