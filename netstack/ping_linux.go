@@ -75,7 +75,26 @@ func (p *pinger) forward(req echoRequest) {
 	}
 	ps.active.Store(time.Now().UnixNano())
 	ps.flow.SetState(engine.StateEstablished)
-	if _, _, err := ps.c.WriteMsgUDPAddrPort(msg, oob, netip.AddrPortFrom(req.dst, 0)); err != nil {
+	dst := netip.AddrPortFrom(req.dst, 0)
+	_, _, err := ps.c.WriteMsgUDPAddrPort(msg, oob, dst)
+	if err != nil && engine.IsQueuedError(err) {
+		// The send may have failed with an error about an earlier
+		// request (the socket's pending error): pass the queued errors
+		// on and send again.
+		if pes := engine.DrainErrQueue(ps.c); len(pes) > 0 {
+			for _, pe := range pes {
+				ps.reportError(pe)
+			}
+			_, _, err = ps.c.WriteMsgUDPAddrPort(msg, oob, dst)
+		}
+		// Refused outright (no route, prohibited): tell the client as a
+		// router would.
+		if pe := engine.LocalSendError(dst, msg, err); err != nil && pe != nil {
+			ps.reportError(pe)
+			return
+		}
+	}
+	if err != nil {
 		p.s.log.Debug("forwarding echo request", "dst", req.dst.String(), "err", err)
 		return
 	}

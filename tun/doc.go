@@ -101,6 +101,9 @@
 // router advertisements unless accept_ra is 2) and the TUN device's
 // rp_filter to 2, so that packets the netstack emits from addresses not
 // routed into the TUN (ICMP errors, excluded prefixes) are not dropped.
+// When IPv4 is routed, the TUN device's accept_local is set to 1: the
+// gateway answers a TTL that ends at its hop from its own TUN address, a
+// local address, which the kernel would otherwise drop as martian.
 // The old values are recorded and restored by Close and CleanupStale,
 // unless the value was changed again meanwhile. Sysctls are per network
 // namespace: they are read and written in the namespace of the thread that

@@ -268,6 +268,13 @@ func planSysctls(pl routePlan) ([]sysctlSpec, error) {
 		// strict filter would drop them. Loose mode accepts them.
 		want = append(want, kv{"net/ipv4/conf/all/rp_filter", "2"})
 	}
+	if v4 {
+		// The gateway answers as a hop on the path (a TTL that ends at
+		// the gateway) from its own TUN address; for this host's own
+		// traffic that is a local address arriving on the TUN device,
+		// which the kernel drops as martian unless accept_local is on.
+		want = append(want, kv{"net/ipv4/conf/" + pl.Device + "/accept_local", "1"})
+	}
 	if pl.Router {
 		if v4 {
 			want = append(want, kv{"net/ipv4/ip_forward", "1"}, kv{"net/ipv4/conf/" + pl.Device + "/rp_filter", "2"})

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -20,8 +21,8 @@ const (
 	eeTypeOff    = 5
 	eeCodeOff    = 6
 	eeInfoOff    = 8
-	errQueueMax  = 16  // errors drained at once
-	errQueueData = 576 // payload kept of each offending datagram
+	errQueueMax  = 16    // errors drained at once
+	errQueueData = 65535 // payload kept of each offending datagram: all of it
 )
 
 // EnableErrQueue asks the kernel to queue the ICMP errors about what the
@@ -68,7 +69,9 @@ func DrainErrQueue(c *net.UDPConn) []*PacketError {
 	var out []*PacketError
 	buf := make([]byte, errQueueData)
 	oob := make([]byte, 512)
-	rc.Read(func(fd uintptr) bool {
+	// Control, not Read: a reader blocked on the socket holds its read
+	// lock, and the writer drains too. MSG_DONTWAIT needs no waiting.
+	rc.Control(func(fd uintptr) {
 		for len(out) < errQueueMax {
 			n, oobn, _, from, err := unix.Recvmsg(int(fd), buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 			if err != nil {
@@ -78,7 +81,6 @@ func DrainErrQueue(c *net.UDPConn) []*PacketError {
 				out = append(out, pe)
 			}
 		}
-		return true
 	})
 	return out
 }
@@ -222,4 +224,84 @@ func (p *directPacketConn) tooBig(dst netip.AddrPort, b []byte) error {
 	found.Dst = socks.AddrFromAddrPort(dst)
 	found.Payload = append([]byte(nil), b[:min(len(b), errQueueData)]...)
 	return found
+}
+
+// LocalSendError returns the ICMP error a router would send about a
+// datagram to dst that the kernel refused to send at once (no route,
+// prohibited by a rule), or nil for other errors: so that the client hears
+// what a network without the gateway would have told it.
+func LocalSendError(dst netip.AddrPort, payload []byte, err error) *PacketError {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return nil
+	}
+	v6 := !dst.Addr().Unmap().Is4()
+	pe := &PacketError{Dst: socks.AddrFromAddrPort(dst), V6: v6, Payload: append([]byte(nil), payload[:min(len(payload), errQueueData)]...)}
+	switch errno {
+	case unix.ENETUNREACH, unix.ENETDOWN:
+		pe.Type, pe.Code = 3, 0
+		if v6 {
+			pe.Type, pe.Code = 1, 0
+		}
+	case unix.EHOSTUNREACH, unix.EHOSTDOWN:
+		pe.Type, pe.Code = 3, 1
+		if v6 {
+			pe.Type, pe.Code = 1, 3
+		}
+	case unix.EACCES, unix.EPERM:
+		pe.Type, pe.Code = 3, 13
+		if v6 {
+			pe.Type, pe.Code = 1, 1
+		}
+	default:
+		return nil
+	}
+	return pe
+}
+
+// send sends one datagram. With the error queue on, a send can fail with
+// an error that is about an earlier datagram (the socket's pending error,
+// set by an ICMP error): then the queued errors go to the reader and the
+// datagram is sent again. A send the kernel refuses outright comes back
+// as the *PacketError a router would have sent.
+func (p *directPacketConn) send(b, oob []byte, ap netip.AddrPort) (int, error) {
+	n, _, err := p.uc.WriteMsgUDPAddrPort(b, oob, ap)
+	if err == nil || !p.recvErr || !IsQueuedError(err) || errors.Is(err, unix.EMSGSIZE) {
+		// EMSGSIZE is about this datagram (too big for the path), and
+		// WriteToMeta answers it.
+		return n, err
+	}
+	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+		p.handOver(pes)
+		if n, _, err = p.uc.WriteMsgUDPAddrPort(b, oob, ap); err == nil {
+			return n, nil
+		}
+	}
+	if pe := LocalSendError(ap, b, err); pe != nil {
+		return 0, pe
+	}
+	return 0, err
+}
+
+// maxHandedOver bounds the errors waiting for the reader.
+const maxHandedOver = 64
+
+// handOver gives errors the writer drained to the reader, and wakes the
+// reader (blocked in a read that the errors did not wake, since the write
+// took the pending error) with a deadline in the past.
+func (p *directPacketConn) handOver(pes []*PacketError) {
+	p.mu.Lock()
+	room := maxHandedOver - len(p.handed)
+	p.handed = append(p.handed, pes[:min(len(pes), max(room, 0))]...)
+	p.mu.Unlock()
+	p.uc.SetReadDeadline(time.Unix(1, 0))
+}
+
+// takeHanded returns the errors the writer handed over.
+func (p *directPacketConn) takeHanded() []*PacketError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pes := p.handed
+	p.handed = nil
+	return pes
 }

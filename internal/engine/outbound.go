@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -110,8 +111,9 @@ type directPacketConn struct {
 	dfSet atomic.Bool // df has been applied to the socket
 	v6DO  atomic.Bool // IPv6 path MTU discovery set to "do"
 
-	mu    sync.Mutex
-	names map[string]netip.Addr // names this association sent to
+	mu     sync.Mutex
+	names  map[string]netip.Addr // names this association sent to
+	handed []*PacketError        // drained by the writer, for the reader
 }
 
 // ReadFrom implements socks.PacketConn. An ICMP error about a datagram
@@ -127,6 +129,12 @@ func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
 		if err == nil {
 			return n, socks.AddrFromAddrPort(from), nil
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The writer woke us with errors it drained (handOver).
+			p.uc.SetReadDeadline(time.Time{})
+			p.pending = append(p.pending, p.takeHanded()...)
+			continue
+		}
 		if !p.recvErr || !IsQueuedError(err) {
 			return 0, socks.Addr{}, err
 		}
@@ -140,7 +148,7 @@ func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
 		return 0, err
 	}
 	// On a dual-stack socket the runtime maps IPv4 destinations.
-	return p.uc.WriteToUDPAddrPort(b, ap)
+	return p.send(b, nil, ap)
 }
 
 // WriteToMeta implements MetaWriter: the TTL goes with the datagram, and
@@ -159,7 +167,7 @@ func (p *directPacketConn) WriteToMeta(b []byte, dst socks.Addr, meta Meta) (int
 	if meta.TTL > 0 {
 		oob = TTLControl(v4, meta.TTL)
 	}
-	n, _, err := p.uc.WriteMsgUDPAddrPort(b, oob, ap)
+	n, err := p.send(b, oob, ap)
 	if err != nil && errors.Is(err, syscall.EMSGSIZE) {
 		return 0, p.tooBig(ap, b)
 	}
