@@ -814,3 +814,51 @@ func TestUDPPathMTU(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPPortReuseAfterServerClose: the server closes first, so the
+// gateway's side of the connection would sit in TIME_WAIT; the client
+// then connects again from the same port and must be answered at once.
+func TestTCPPortReuseAfterServerClose(t *testing.T) {
+	checkLeaks(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("bye"))
+			c.Close()
+		}
+	}()
+	r := newRig(t, &fakeOut{echo: l.Addr().String()})
+	fa, proto := fullAddr(serverV4, 80)
+	la, _ := fullAddr(clientV4, 40404)
+	for round := range 3 {
+		// The client's own end of the last round may hold the port for a
+		// moment (its final ACK): wait for that, not for the gateway.
+		var c *gonet.TCPConn
+		var err error
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			c, err = gonet.DialTCPWithBind(ctx, r.client, la, fa, proto)
+			cancel()
+			if err == nil || !strings.Contains(err.Error(), "port is in use") || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("round %d: connecting again from port 40404: %v", round, err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "bye" {
+			t.Fatalf("round %d: read %q, %v", round, b, err)
+		}
+		c.Close()
+		waitCounts(t, r.eng, 0, uint64(3*(round+1)))
+	}
+}

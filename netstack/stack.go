@@ -136,6 +136,12 @@ func (s *Stack) configure(cfg Config) error {
 		{"receive buffer moderation", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
 		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax}},
 		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax}},
+		// No TIME_WAIT on the TUN side: gVisor hands a new SYN for a
+		// connection in TIME_WAIT only to a listening endpoint, and the
+		// forwarder is none, so a client reusing its port after the
+		// server closed first would get no answer for the whole wait.
+		// The outbound side keeps the kernel's own TIME_WAIT.
+		{"TIME_WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(0))},
 	}
 	for _, o := range opts {
 		if err := s.stack.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
