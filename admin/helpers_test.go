@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -21,27 +20,13 @@ import (
 
 	"tungate/admin"
 	"tungate/internal/engine"
+	"tungate/internal/leaktest"
 	"tungate/internal/users"
 	"tungate/socks"
 )
 
-// checkLeaks fails t if goroutines started during the test are still
-// running when it ends. Call it first, so that its cleanup runs last.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-		}
-	})
-}
+// checkLeaks fails t if the test leaves goroutines running.
+func checkLeaks(t *testing.T) { leaktest.Check(t) }
 
 // pipeListener is an in-memory net.Listener: Dial hands the server end of
 // a net.Pipe to Accept, with the peer address the test chose.

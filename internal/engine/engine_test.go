@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,26 +14,12 @@ import (
 	"time"
 
 	"tungate/internal/engine"
+	"tungate/internal/leaktest"
 	"tungate/socks"
 )
 
-// checkLeaks fails t if goroutines started during the test are still
-// running when it ends. Call it first, so its cleanup runs last.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-		}
-	})
-}
+// checkLeaks fails t if the test leaves goroutines running.
+func checkLeaks(t *testing.T) { leaktest.Check(t) }
 
 // gateway is a SOCKS5 server backed by an engine, on loopback.
 type gateway struct {
