@@ -157,13 +157,13 @@ type rig struct {
 	client *stack.Stack
 }
 
-func newRig(t *testing.T, out *fakeOut) *rig {
+func newRig(t testing.TB, out *fakeOut) *rig {
 	t.Helper()
 	gwDev, clientDev := newPipe(1500)
 	return newRigOn(t, out, gwDev, clientDev)
 }
 
-func newRigOn(t *testing.T, out *fakeOut, gwDev, clientDev *pipeDevice) *rig {
+func newRigOn(t testing.TB, out *fakeOut, gwDev, clientDev *pipeDevice) *rig {
 	t.Helper()
 	eng := engine.New(out, nil, nil)
 	gw, err := New(gwDev, eng, Config{})
@@ -472,7 +472,7 @@ func checkAnswer(t *testing.T, dst netip.Addr, syn, answer []byte, rst bool, typ
 // waitCounts waits until the engine has counted up and down bytes: a side
 // counts once the other took the bytes, which can be just after they
 // arrived where the test looks.
-func waitCounts(t *testing.T, eng *engine.Engine, up, down uint64) {
+func waitCounts(t testing.TB, eng *engine.Engine, up, down uint64) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		m := eng.Registry().Metrics()

@@ -37,6 +37,7 @@ type Config struct {
 	MaxSessions      int           `yaml:"max-sessions"`
 	RelayBuffer      int           `yaml:"relay-buffer"`
 	Admin            []string      `yaml:"admin"`
+	PProf            string        `yaml:"pprof"`
 
 	Tun         string   `yaml:"tun"`
 	MTU         int      `yaml:"mtu"`
@@ -164,6 +165,7 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxFlows, "max-flows", cfg.MaxFlows, "maximum concurrent flows, TCP and UDP, SOCKS and TUN (0: no limit)")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
 	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
+	fs.StringVar(&cfg.PProf, "pprof", cfg.PProf, "serve Go's runtime profiles (net/http/pprof) on this loopback `address` (host:port), for performance work; off by default")
 	fs.Var(&listFlag{list: &cfg.Admin}, "admin", "SCTP admin listener `address` (host:port); repeat for several local addresses (multi-homing); off disables (default 127.0.0.1:8080)")
 
 	fs.StringVar(&cfg.Tun, "tun", cfg.Tun, "TUN device `name` to create (default tun0 when any TUN flag is given); its flows go through the same engine")
@@ -278,6 +280,8 @@ type settings struct {
 	adminPass string
 	// admin lists the SCTP admin listener addresses; empty: disabled.
 	admin []netip.AddrPort
+	// pprof is the loopback address of the profiling endpoint; invalid: off.
+	pprof netip.AddrPort
 
 	tun      bool // TUN mode
 	icmp     netstack.ICMPMode
@@ -381,6 +385,18 @@ func (c Config) resolve() (*settings, error) {
 			return nil, usagef("--admin %q: want IP:port (for example 127.0.0.1:8080) or off", a)
 		}
 		s.admin = append(s.admin, ap)
+	}
+
+	if c.PProf != "" {
+		ap, err := netip.ParseAddrPort(c.PProf)
+		if err != nil {
+			return nil, usagef("--pprof %q: want a loopback IP:port such as 127.0.0.1:6060", c.PProf)
+		}
+		if !ap.Addr().IsLoopback() {
+			// Profiles show memory and flow addresses: never off the host.
+			return nil, usagef("--pprof %q: only a loopback address is allowed", c.PProf)
+		}
+		s.pprof = ap
 	}
 
 	if c.tunGiven() {

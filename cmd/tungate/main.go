@@ -112,6 +112,14 @@ func serve(ctx context.Context, cfg Config, s *settings, level *slog.LevelVar, l
 	}
 	defer stopAdmin()
 
+	if s.pprof.IsValid() {
+		_, stopPProf, err := startPProf(s.pprof, log.With("component", "pprof"))
+		if err != nil {
+			return err
+		}
+		defer stopPProf()
+	}
+
 	var tunDone <-chan struct{}
 	if s.tun {
 		stopTUN, done, err := startTUN(cfg, s, eng, log)
