@@ -120,8 +120,10 @@ func (l *link) readLoop() error {
 	batch := max(l.dev.BatchSize(), 1)
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
+	// The device fills each buffer with one packet of at most its MTU
+	// (it splits what the kernel coalesced), so that is all they need.
 	for i := range bufs {
-		bufs[i] = make([]byte, l.headroom+maxPacket)
+		bufs[i] = make([]byte, l.headroom+int(l.mtu))
 	}
 	for {
 		n, err := l.dev.Read(bufs, sizes, l.headroom)
@@ -209,7 +211,7 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		bufs := *bp
 		for i, pkt := range list[:n] {
 			size := pkt.Size()
-			b := bufs[i][:l.headroom+size]
+			b := sized(bufs[i], l.headroom+size)
 			off := l.headroom
 			for _, s := range pkt.AsSlices() {
 				off += copy(b[off:], s)
@@ -234,7 +236,7 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 // ICMP errors) to the device.
 func (l *link) writeRaw(pkt []byte) error {
 	bp := l.getBufs(1)
-	b := (*bp)[0][:l.headroom+len(pkt)]
+	b := sized((*bp)[0], l.headroom+len(pkt))
 	copy(b[l.headroom:], pkt)
 	(*bp)[0] = b
 	_, err := l.dev.Write((*bp)[:1], l.headroom)
@@ -242,6 +244,9 @@ func (l *link) writeRaw(pkt []byte) error {
 	return err
 }
 
+// getBufs returns a batch of at least n write buffers from the pool.
+// Each buffer grows to the largest packet it was asked to hold (sized):
+// a batch that only ever carried ACKs stays small.
 func (l *link) getBufs(n int) *[][]byte {
 	bp, _ := l.writeBufs.Get().(*[][]byte)
 	if bp == nil {
@@ -249,7 +254,7 @@ func (l *link) getBufs(n int) *[][]byte {
 		bp = &b
 	}
 	for len(*bp) < n {
-		*bp = append(*bp, make([]byte, l.headroom+maxPacket))
+		*bp = append(*bp, nil)
 	}
 	return bp
 }
@@ -259,6 +264,18 @@ func (l *link) putBufs(bp *[][]byte) {
 		(*bp)[i] = (*bp)[i][:cap((*bp)[i])]
 	}
 	l.writeBufs.Put(bp)
+}
+
+// minWriteBuf is the smallest write buffer allocated: room for a packet
+// of a typical MTU with a device header, so that most never grow again.
+const minWriteBuf = 2048
+
+// sized returns b with length n, reallocated if its capacity is smaller.
+func sized(b []byte, n int) []byte {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	return make([]byte, n, max(n, minWriteBuf))
 }
 
 // MTU implements stack.LinkEndpoint.
@@ -349,7 +366,7 @@ func (l *link) writeVnet(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		bp := l.getBufs(n)
 		bufs := *bp
 		for i, pkt := range list[:n] {
-			b := bufs[i][:vnetHdrLen+pkt.Size()]
+			b := sized(bufs[i], vnetHdrLen+pkt.Size())
 			putVnetHdr(b[:vnetHdrLen], pkt)
 			off := vnetHdrLen
 			for _, s := range pkt.AsSlices() {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -848,5 +849,89 @@ func TestTCPPortReuseAfterServerClose(t *testing.T) {
 		}
 		c.Close()
 		waitCounts(t, r.eng, 0, uint64(3*(round+1)))
+	}
+}
+
+// TestTCPIdleHoldsOneGoroutine: an idle TUN connection costs the relay one
+// parked goroutine (the outbound side's reader); the client side's reader
+// is a callback, not a goroutine, until the client sends. Closing the flow
+// through the registry while it is idle ends it all the same.
+func TestTCPIdleHoldsOneGoroutine(t *testing.T) {
+	checkLeaks(t)
+	r := newRig(t, &fakeOut{echo: echoServer(t)})
+	const n = 40
+	before := runtime.NumGoroutine()
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	fa, proto := fullAddr(serverV4, 80)
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// Both directions carry data once, so both readers have run.
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != byte(i) {
+			t.Fatalf("echo %d: %v %v", i, b, err)
+		}
+	}
+	// Per connection: the relay's goroutine and the echo server's. With a
+	// goroutine for the client side's reader too it would be three.
+	var held int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		held = runtime.NumGoroutine() - before
+		if held <= 2*n+n/4 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if held > 2*n+n/4 {
+		t.Fatalf("%d idle connections hold %d goroutines, want about %d", n, held, 2*n)
+	}
+
+	// Each is still a working connection after the idle wait.
+	for i, c := range conns {
+		if _, err := c.Write([]byte{byte(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != byte(i+1) {
+			t.Fatalf("echo again %d: %v %v", i, b, err)
+		}
+	}
+
+	// Closed through the registry while idle: every flow ends and the
+	// client sees its connection end.
+	flows, _, _ := r.eng.Registry().List(0, 2*n)
+	if len(flows) != n {
+		t.Fatalf("%d flows, want %d", len(flows), n)
+	}
+	for _, fi := range flows {
+		f, ok := r.eng.Registry().Flow(fi.ID)
+		if !ok || !f.Abort() {
+			t.Fatalf("flow %d: not found or not abortable", fi.ID)
+		}
+	}
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var b [1]byte
+		if _, err := c.Read(b[:]); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read after CLOSE FLOW: %v, want the connection ended", err)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); r.eng.Registry().Metrics().Concurrent != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("flows did not close")
+		}
 	}
 }

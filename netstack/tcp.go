@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -107,42 +108,84 @@ func (s *Stack) hopAddr(dst netip.Addr) netip.Addr {
 	return dst
 }
 
-// tcpConn is a gonet connection that can also be reset, and waited on
-// for something to read without a buffer.
+// tcpConn is a gonet connection that can also be reset, and that calls
+// back when it has something to read (engine.ReadNotifier), so that the
+// relay direction reading it holds no goroutine while the client is idle.
 type tcpConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 
+	// pending is the NotifyRead callback not yet fired; Close fires it.
+	pending atomic.Pointer[readNotify]
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
 
-// WaitRead blocks until a Read would not block: data, EOF or an error, or
-// the connection closed.
-func (c *tcpConn) WaitRead() error {
-	const events = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	if c.ep.Readiness(events) != 0 {
-		return nil
-	}
-	e, ch := waiter.NewChannelEntry(events)
-	c.wq.EventRegister(&e)
-	defer c.wq.EventUnregister(&e)
-	if c.ep.Readiness(events) != 0 {
-		return nil
-	}
+var _ engine.ReadNotifier = (*tcpConn)(nil)
+
+// readEvents are the events after which a Read does not block.
+const readEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+// ReadReady implements engine.ReadNotifier. A closed connection is ready:
+// its Read returns the error at once.
+func (c *tcpConn) ReadReady() bool {
+	return c.ep.Readiness(readEvents) != 0 || c.isClosed()
+}
+
+func (c *tcpConn) isClosed() bool {
 	select {
-	case <-ch:
-		return nil
 	case <-c.closed:
-		return net.ErrClosed
+		return true
+	default:
+		return false
 	}
 }
 
-// Close closes the connection and ends a WaitRead.
+// NotifyRead implements engine.ReadNotifier. The callback is registered
+// with the endpoint's waiter queue; the stack calls it from its own
+// goroutines with the queue locked, so it only starts the goroutine that
+// unregisters it and runs fn.
+func (c *tcpConn) NotifyRead(fn func()) {
+	n := &readNotify{c: c, fn: fn}
+	n.entry = waiter.NewFunctionEntry(readEvents, n.notify)
+	c.pending.Store(n)
+	c.wq.EventRegister(&n.entry)
+	// Ready before the registration (or closed meanwhile, after Close
+	// looked at pending): no event will come, so fire now.
+	if c.ReadReady() {
+		n.notify(0)
+	}
+}
+
+// readNotify is one NotifyRead callback.
+type readNotify struct {
+	c     *tcpConn
+	fn    func()
+	entry waiter.Entry
+	fired atomic.Bool
+}
+
+func (n *readNotify) notify(waiter.EventMask) {
+	if n.fired.Swap(true) {
+		return
+	}
+	n.c.pending.CompareAndSwap(n, nil)
+	go func() {
+		n.c.wq.EventUnregister(&n.entry)
+		n.fn()
+	}()
+}
+
+// Close closes the connection and fires a pending NotifyRead callback.
 func (c *tcpConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })
-	return c.TCPConn.Close()
+	err := c.TCPConn.Close()
+	if n := c.pending.Swap(nil); n != nil {
+		n.notify(0)
+	}
+	return err
 }
 
 // SetLinger implements the engine's reset hook: SetLinger(0) then Close

@@ -17,6 +17,13 @@ import (
 // An EOF in one direction is passed on as a half-close (FIN); a reset is
 // passed on as a reset. Any other failure, ctx ending, the idle timeout or
 // an admin's CLOSE FLOW aborts both.
+//
+// The direction from up to the client runs on the calling goroutine. The
+// one from the client runs on a goroutine of its own, except where the
+// client can call back when it has something to read (ReadNotifier, the
+// netstack's connections): then that direction holds no goroutine while
+// it is idle, only while there is something to copy. A held, idle TUN
+// connection thus costs one parked goroutine, not two.
 func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
 	var once sync.Once
 	abort := func() {
@@ -32,64 +39,123 @@ func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
 	defer stopIdle()
 
 	var ended atomic.Int32
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		e.pipe(f, up, client, true, &ended, abort)
-	}()
-	e.pipe(f, client, up, false, &ended, abort)
-	wg.Wait()
+	upward := newDirection(e, f, up, client, true, &ended, abort)
+	downward := newDirection(e, f, client, up, false, &ended, abort)
+	done := make(chan struct{})
+	if rn, ok := client.(ReadNotifier); ok {
+		// Each callback starts one goroutine that copies until the client
+		// has nothing more to read, then asks for the next callback; the
+		// last one, when the direction ends, closes done. So exactly one
+		// of them runs or is pending at any time, and this function waits
+		// for the last.
+		var wake func()
+		wake = func() {
+			if upward.drain(rn) {
+				rn.NotifyRead(wake)
+				return
+			}
+			close(done)
+		}
+		rn.NotifyRead(wake)
+	} else {
+		go func() {
+			defer close(done)
+			upward.run()
+		}()
+	}
+	downward.run()
+	<-done
 	abort()
 }
 
-// pipe copies src to dst, counting what dst accepted as up or down. It
-// takes a buffer from the pool only once src has something to read, and
-// gives it back after each write, so that idle flows hold none.
-func (e *Engine) pipe(f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) {
-	for {
-		if err := waitReadable(src); err != nil {
-			abort()
-			return
-		}
-		bp := getRelayBuf(e.settings.RelayBufferSize())
-		n, rerr := src.Read(*bp)
-		if n > 0 {
-			_, werr := dst.Write((*bp)[:n])
-			putRelayBuf(bp)
-			if werr != nil {
-				if isReset(werr) {
-					reset(src)
-				}
-				abort()
-				return
-			}
-			if upward {
-				f.AddUp(n)
-			} else {
-				f.AddDown(n)
-			}
-		} else {
-			putRelayBuf(bp)
-		}
-		if rerr == nil {
-			continue
-		}
-		if errors.Is(rerr, io.EOF) {
-			if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-				if ended.Add(1) == 1 {
-					f.SetState(StateHalfClosed)
-				} else {
-					f.SetState(StateClosing)
-				}
-				return
-			}
-		} else if isReset(rerr) {
-			reset(dst)
-		}
-		abort()
-		return
+// ReadNotifier is implemented by connections that can say, without a
+// buffer and without blocking, whether a Read would block, and call back
+// once it would not (the netstack's TCP connections).
+type ReadNotifier interface {
+	// ReadReady reports whether a Read would return at once: data, EOF
+	// or an error.
+	ReadReady() bool
+	// NotifyRead calls fn once, on a new goroutine, when a Read would not
+	// block or the connection is closed; at once if that is so already.
+	NotifyRead(fn func())
+}
+
+// direction is one half of a TCP relay: it copies src to dst, counting
+// what dst accepted as up or down. It takes a buffer from the pool only
+// once src has something to read, and gives it back after each write, so
+// that idle flows hold none.
+type direction struct {
+	e        *Engine
+	f        *Flow
+	dst, src net.Conn
+	upward   bool
+	ended    *atomic.Int32
+	abort    func()
+	lazy     lazyReader // reads src without a buffer until data is there
+}
+
+func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) *direction {
+	d := &direction{e: e, f: f, dst: dst, src: src, upward: upward, ended: ended, abort: abort}
+	d.lazy.init(src, e.settings.RelayBufferSize)
+	return d
+}
+
+// run copies until the direction ends.
+func (d *direction) run() {
+	for d.step() {
 	}
+}
+
+// drain copies while src has something to read; it reports whether the
+// direction goes on (false: it ended).
+func (d *direction) drain(rn ReadNotifier) bool {
+	for rn.ReadReady() {
+		if !d.step() {
+			return false
+		}
+	}
+	return true
+}
+
+// step reads from src once and writes what it read to dst. It reports
+// whether the direction goes on.
+func (d *direction) step() bool {
+	bp, n, rerr := d.lazy.read()
+	if n > 0 {
+		_, werr := d.dst.Write((*bp)[:n])
+		putRelayBuf(bp)
+		if werr != nil {
+			if isReset(werr) {
+				reset(d.src)
+			}
+			d.abort()
+			return false
+		}
+		if d.upward {
+			d.f.AddUp(n)
+		} else {
+			d.f.AddDown(n)
+		}
+	} else if bp != nil {
+		putRelayBuf(bp)
+	}
+	if rerr == nil {
+		return true
+	}
+	if errors.Is(rerr, io.EOF) {
+		if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			if d.ended.Add(1) == 1 {
+				d.f.SetState(StateHalfClosed)
+			} else {
+				d.f.SetState(StateClosing)
+			}
+			return false
+		}
+	} else if isReset(rerr) {
+		reset(d.dst)
+	}
+	d.abort()
+	return false
 }
 
 // isReset reports whether err is the peer resetting the connection.

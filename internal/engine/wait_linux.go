@@ -1,36 +1,89 @@
 package engine
 
 import (
+	"io"
 	"net"
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// readWaiter is implemented by connections that can wait until a Read
-// would not block, without a buffer (the netstack's TCP connections).
-type readWaiter interface {
-	WaitRead() error
+// lazyReader reads a connection into a relay buffer that it takes from
+// the pool only once there is something to read: a relay of an idle
+// connection then holds no buffer. On a kernel socket it reads through
+// the runtime's poller (syscall.RawConn), so waiting costs no extra
+// system call; any other connection is read with a buffer taken first.
+type lazyReader struct {
+	c    net.Conn
+	size func() int
+	rc   syscall.RawConn // nil: c is not a kernel socket
+
+	// What the raw read callback found; fn is made once, not per read.
+	bp  *[]byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
 }
 
-// waitReadable blocks until c has something to read (data, EOF or an
-// error), holding no buffer meanwhile: a relay of an idle connection then
-// costs no memory for its buffer. Connections it cannot wait on return at
-// once, and the Read that follows blocks as before.
-func waitReadable(c net.Conn) error {
-	switch c := c.(type) {
-	case readWaiter:
-		return c.WaitRead()
-	case syscall.Conn:
-		rc, err := c.SyscallConn()
-		if err != nil {
-			return nil
-		}
-		var b [1]byte
-		return rc.Read(func(fd uintptr) bool {
-			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			return err != unix.EAGAIN
-		})
+func (l *lazyReader) init(c net.Conn, size func() int) {
+	l.c, l.size = c, size
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
 	}
-	return nil
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	l.rc = rc
+	l.fn = l.readRaw
+}
+
+// read returns what one read of the connection got, in a pooled buffer
+// the caller gives back (nil when nothing was read).
+func (l *lazyReader) read() (*[]byte, int, error) {
+	if l.rc == nil {
+		bp := getRelayBuf(l.size())
+		n, err := l.c.Read(*bp)
+		return bp, n, err
+	}
+	l.bp, l.n, l.err = nil, 0, nil
+	if err := l.rc.Read(l.fn); err != nil {
+		// Closed, or a deadline: the callback did not finish a read.
+		if l.bp != nil {
+			putRelayBuf(l.bp)
+			l.bp = nil
+		}
+		return nil, 0, err
+	}
+	bp := l.bp
+	l.bp = nil
+	return bp, l.n, l.err
+}
+
+// readRaw is the RawConn callback: it reports false (wait for the poller)
+// when the socket has nothing, after giving the buffer back.
+func (l *lazyReader) readRaw(fd uintptr) bool {
+	if l.bp == nil {
+		l.bp = getRelayBuf(l.size())
+	}
+	for {
+		n, err := unix.Read(int(fd), *l.bp)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			putRelayBuf(l.bp)
+			l.bp = nil
+			return false
+		case err != nil:
+			l.err = os.NewSyscallError("read", err)
+		case n == 0:
+			l.err = io.EOF
+		default:
+			l.n = n
+		}
+		return true
+	}
 }
