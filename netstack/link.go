@@ -112,6 +112,10 @@ func (l *link) start() {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
+		if vr, ok := l.dev.(vnetReader); ok && vr.VnetHdr() {
+			l.readErr = l.readVnetLoop(vr)
+			return
+		}
 		l.readErr = l.readLoop()
 	}()
 }
@@ -164,9 +168,15 @@ const (
 	ipv6NextHdrOff = 6
 )
 
-// deliver hands one inbound IP packet to the stack. The bytes are copied:
-// the read buffer is reused for the next batch.
-func (l *link) deliver(b []byte) {
+// deliver hands one inbound IP packet to the stack through GRO. The bytes
+// are copied: the read buffer is reused for the next batch.
+func (l *link) deliver(b []byte) { l.deliverVia(b, true) }
+
+// deliverDirect hands one inbound IP packet to the stack as it is, a
+// super-packet whole.
+func (l *link) deliverDirect(b []byte) { l.deliverVia(b, false) }
+
+func (l *link) deliverVia(b []byte, viaGRO bool) {
 	if len(b) == 0 {
 		return
 	}
@@ -189,12 +199,80 @@ func (l *link) deliver(b []byte) {
 		return
 	}
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
-		Payload: buffer.MakeWithData(b),
+		Payload: packetData(b),
 	})
 	pkt.NetworkProtocolNumber = proto
 	pkt.RXChecksumValidated = true
-	l.gro.Enqueue(pkt)
+	if viaGRO {
+		l.gro.Enqueue(pkt)
+	} else {
+		l.gro.Dispatcher.DeliverNetworkPacket(proto, pkt)
+	}
 	pkt.DecRef()
+}
+
+// splitMin is the packet size from which packetData keeps the headers
+// and the payload in separate chunks.
+const splitMin = 512
+
+// packetData copies an inbound packet into a gVisor buffer. A large TCP
+// or UDP packet gets its IP and transport headers in a chunk of their
+// own: the stack's header parsing pulls up (and, the chunk being shared
+// by the header and the rest, first clones) only that small chunk, not a
+// copy of the whole packet, which for a 64 KiB super-packet would cost
+// more than the copy here.
+func packetData(b []byte) buffer.Buffer {
+	if n := headersLen(b); n > 0 && len(b) >= splitMin {
+		buf := buffer.MakeWithData(b[:n])
+		buf.Append(buffer.NewViewWithData(b[n:]))
+		return buf
+	}
+	return buffer.MakeWithData(b)
+}
+
+// headersLen returns the length of the IP and TCP or UDP headers at the
+// start of b, or 0 when b is something else or too short to tell (IPv6
+// extension headers included: those are left to the stack).
+func headersLen(b []byte) int {
+	var ipLen int
+	var proto uint8
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		if len(b) < header.IPv4MinimumSize {
+			return 0
+		}
+		ip := header.IPv4(b)
+		ipLen = int(ip.HeaderLength())
+		if ipLen < header.IPv4MinimumSize || ip.FragmentOffset() != 0 || ip.More() {
+			return 0
+		}
+		proto = ip.Protocol()
+	case header.IPv6Version:
+		if len(b) < header.IPv6MinimumSize {
+			return 0
+		}
+		ipLen = header.IPv6MinimumSize
+		proto = header.IPv6(b).NextHeader()
+	default:
+		return 0
+	}
+	switch proto {
+	case uint8(header.TCPProtocolNumber):
+		if len(b) < ipLen+header.TCPMinimumSize {
+			return 0
+		}
+		n := ipLen + int(header.TCP(b[ipLen:]).DataOffset())
+		if n < ipLen+header.TCPMinimumSize || n > len(b) {
+			return 0
+		}
+		return n
+	case uint8(header.UDPProtocolNumber):
+		if len(b) < ipLen+header.UDPMinimumSize {
+			return 0
+		}
+		return ipLen + header.UDPMinimumSize
+	}
+	return 0
 }
 
 // WritePackets implements stack.LinkWriter.

@@ -394,3 +394,24 @@ func (d *Device) WriteVnet(frames [][]byte) (int, error) {
 	}
 	return len(frames), nil
 }
+
+// ReadVnet reads one frame as the kernel hands it over: a 10-byte
+// virtio-net header followed by an IP packet, which may be a TSO or USO
+// super-packet of up to 64 KiB, not split. It is for a caller that can
+// take large segments whole (the netstack does); frame should have room
+// for MaxHeadroom+65535 bytes. Use either ReadVnet or Read on a device,
+// not both.
+func (d *Device) ReadVnet(frame []byte) (int, error) {
+	if d.vnet == nil {
+		return 0, errNoVnet
+	}
+	n, err := d.vnet.Read(frame)
+	if err != nil {
+		if errors.Is(err, unix.EBADFD) {
+			// The device was closed under the read.
+			return 0, os.ErrClosed
+		}
+		return 0, fmt.Errorf("tun: %s: %w", d.name, err)
+	}
+	return n, nil
+}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestTUNUDPFullCone: the netstack's UDP mapping is endpoint-independent.
@@ -316,5 +318,64 @@ func TestTUNManyConnections(t *testing.T) {
 	t.Logf("after SIGTERM: %d \"flow closed\" lines in all since the test began, %d for %s", len(all), after, addr)
 	if after != manyConns || len(all) != manyConns {
 		log.Errorf(t, "after SIGTERM: %d closed flows in all, %d to %s; want exactly %d: flows were still open", len(all), after, addr, manyConns)
+	}
+}
+
+// TestTUNUDPGSO: a datagram sent with UDP GSO (UDP_SEGMENT) reaches the
+// TUN device as one USO super-packet, which the gateway takes whole from
+// the device and splits itself: the peer gets each segment as its own
+// datagram, with its bytes, in order.
+func TestTUNUDPGSO(t *testing.T) {
+	tw := newTunWorld(t)
+	tw.startTun(t)
+	for _, c := range []struct{ name, net, peer string }{
+		{"IPv4", "udp4", serverV4 + ":40011"},
+		{"IPv6", "udp6", "[" + serverV6 + "]:40011"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			peer, err := tw.server.ListenPacket(c.net, c.peer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			client, err := tw.gw.ListenPacket(c.net, ":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			rc, err := client.(*net.UDPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			const seg = 500
+			var serr error
+			rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT, seg) })
+			if serr != nil {
+				t.Skipf("the kernel has no UDP_SEGMENT: %v", serr)
+			}
+			big := make([]byte, 3*seg-100)
+			for i := range big {
+				big[i] = byte(i * 7)
+			}
+			if _, err := client.WriteTo(big, peer.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 2048)
+			var got []byte
+			for i, want := range []int{seg, seg, seg - 100} {
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, _, err := peer.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("segment %d: %v", i, err)
+				}
+				if n != want {
+					t.Fatalf("segment %d: %d bytes, want %d", i, n, want)
+				}
+				got = append(got, buf[:n]...)
+			}
+			if !bytes.Equal(got, big) {
+				t.Fatal("the segments do not add up to what was sent")
+			}
+		})
 	}
 }

@@ -92,12 +92,37 @@ type direction struct {
 	ended    *atomic.Int32
 	abort    func()
 	lazy     lazyReader // reads src without a buffer until data is there
+	// size is the buffer the next read takes: it doubles after a read
+	// that filled the buffer, up to relayGrowth times the configured
+	// size, and halves after one that used little of it. A bulk transfer
+	// moves large blocks (fewer system calls, larger segments); an
+	// interactive or slow flow holds small buffers.
+	size int
 }
+
+// relayGrowth bounds how far a direction's buffer grows past the
+// configured relay buffer size.
+const relayGrowth = 8
 
 func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) *direction {
 	d := &direction{e: e, f: f, dst: dst, src: src, upward: upward, ended: ended, abort: abort}
-	d.lazy.init(src, e.settings.RelayBufferSize)
+	d.size = e.settings.RelayBufferSize()
+	d.lazy.init(src, func() int { return d.size })
 	return d
+}
+
+// adapt sets the size of the next read's buffer after a read of n bytes
+// into a buffer of size have.
+func (d *direction) adapt(n, have int) {
+	base := d.e.settings.RelayBufferSize()
+	switch {
+	case n >= have && have < base*relayGrowth:
+		d.size = min(have*2, base*relayGrowth, MaxRelayBufferSize)
+	case n <= have/8 && have > base:
+		d.size = max(have/2, base)
+	default:
+		d.size = max(min(have, base*relayGrowth), base)
+	}
 }
 
 // run copies until the direction ends.
@@ -121,6 +146,9 @@ func (d *direction) drain(rn ReadNotifier) bool {
 // whether the direction goes on.
 func (d *direction) step() bool {
 	bp, n, rerr := d.lazy.read()
+	if bp != nil {
+		d.adapt(n, len(*bp))
+	}
 	if n > 0 {
 		_, werr := d.dst.Write((*bp)[:n])
 		putRelayBuf(bp)
@@ -314,18 +342,41 @@ func watchIdle(f *Flow, timeout func() time.Duration, abort func()) (stop func()
 	}
 }
 
-// Relay buffers, pooled so that a flow holds one only while it relays.
-var relayBufs sync.Pool
+// Relay buffers, pooled by size class (powers of two from
+// minRelayClass), so that a flow holds one only while it relays and
+// directions of different sizes do not trade buffers.
+const (
+	minRelayClass = MinRelayBufferSize
+	relayClasses  = 13 // 1 KiB .. 4 MiB (MaxRelayBufferSize)
+)
+
+var relayPools [relayClasses]sync.Pool
+
+// relayClass returns the smallest class whose buffers hold size bytes.
+func relayClass(size int) int {
+	c := 0
+	for minRelayClass<<c < size && c < relayClasses-1 {
+		c++
+	}
+	return c
+}
 
 func getRelayBuf(size int) *[]byte {
-	if bp, ok := relayBufs.Get().(*[]byte); ok && len(*bp) == size {
+	c := relayClass(size)
+	if bp, ok := relayPools[c].Get().(*[]byte); ok {
 		return bp
 	}
-	b := make([]byte, size)
+	b := make([]byte, minRelayClass<<c)
 	return &b
 }
 
-func putRelayBuf(bp *[]byte) { relayBufs.Put(bp) }
+func putRelayBuf(bp *[]byte) {
+	c := relayClass(len(*bp))
+	if len(*bp) != minRelayClass<<c {
+		return // not one of ours
+	}
+	relayPools[c].Put(bp)
+}
 
 // maxDatagram is the largest UDP payload.
 const maxDatagram = 65535

@@ -1,0 +1,111 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// vnetReader is implemented by devices whose frames can be read whole,
+// virtio-net header first (tun.Device with offloads). The link then hands
+// a TSO super-packet to the stack as one large TCP segment, instead of
+// having the device split it into MTU-sized packets (a copy and a checksum
+// each) for the stack to coalesce again.
+type vnetReader interface {
+	VnetHdr() bool
+	ReadVnet(frame []byte) (int, error)
+}
+
+// GSO types of the virtio-net header beyond the TCP ones (link.go).
+const (
+	vnetGSONone   = 0
+	vnetGSOUDPL4  = 5
+	vnetGSOECNBit = 0x80
+)
+
+// readVnetLoop is the reader for a vnetReader device: one frame per read.
+func (l *link) readVnetLoop(r vnetReader) error {
+	frame := make([]byte, vnetHdrLen+maxPacket)
+	var scratch []byte // for USO segments
+	for {
+		n, err := r.ReadVnet(frame)
+		if err != nil {
+			select {
+			case <-l.closed:
+				return nil
+			default:
+			}
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("netstack: reading device: %w", err)
+		}
+		l.mu.RLock()
+		l.gro.Dispatcher = l.dispatcher
+		l.mu.RUnlock()
+		scratch = l.deliverFrame(frame[:n], scratch)
+	}
+}
+
+// deliverFrame hands the packet of one virtio-net frame to the stack: as
+// it is, TSO super-packets included (their IP length covers the whole
+// packet; the partial TCP checksum the kernel left is not checked, as
+// with every packet from the device), or, for a USO super-packet, as the
+// datagrams it stands for. It returns scratch for reuse.
+func (l *link) deliverFrame(frame, scratch []byte) []byte {
+	if len(frame) <= vnetHdrLen {
+		return scratch
+	}
+	hdr, pkt := frame[:vnetHdrLen], frame[vnetHdrLen:]
+	switch hdr[vnetGSOTypeOff] &^ vnetGSOECNBit {
+	case vnetGSONone, vnetGSOTCPv4, vnetGSOTCPv6:
+		l.deliverDirect(pkt)
+	case vnetGSOUDPL4:
+		gsoSize := int(binary.LittleEndian.Uint16(hdr[vnetGSOSizeOff:]))
+		ipLen := int(binary.LittleEndian.Uint16(hdr[vnetCsumStartOff:]))
+		scratch = l.splitUDP(pkt, ipLen, gsoSize, scratch)
+	}
+	return scratch
+}
+
+// splitUDP delivers the datagrams of a USO super-packet: each segment of
+// gsoSize payload bytes gets a copy of the IP and UDP headers with its
+// own lengths (and, for IPv4, its own ID and header checksum).
+func (l *link) splitUDP(pkt []byte, ipLen, gsoSize int, scratch []byte) []byte {
+	hdrLen := ipLen + header.UDPMinimumSize
+	if gsoSize <= 0 || len(pkt) <= hdrLen {
+		return scratch
+	}
+	v4 := header.IPVersion(pkt) == header.IPv4Version
+	switch {
+	case v4 && ipLen < header.IPv4MinimumSize, !v4 && ipLen < header.IPv6MinimumSize:
+		return scratch
+	}
+	if cap(scratch) < hdrLen+gsoSize {
+		scratch = make([]byte, hdrLen+gsoSize)
+	}
+	payload := pkt[hdrLen:]
+	for i := 0; len(payload) > 0; i++ {
+		seg := payload[:min(gsoSize, len(payload))]
+		payload = payload[len(seg):]
+		out := scratch[:hdrLen+len(seg)]
+		copy(out, pkt[:hdrLen])
+		copy(out[hdrLen:], seg)
+		if v4 {
+			ip := header.IPv4(out)
+			ip.SetTotalLength(uint16(len(out)))
+			ip.SetID(ip.ID() + uint16(i))
+			ip.SetChecksum(0)
+			ip.SetChecksum(^checksum.Checksum(out[:ipLen], 0))
+		} else {
+			header.IPv6(out).SetPayloadLength(uint16(len(out) - header.IPv6MinimumSize))
+		}
+		header.UDP(out[ipLen:]).SetLength(uint16(header.UDPMinimumSize + len(seg)))
+		l.deliverDirect(out)
+	}
+	return scratch
+}

@@ -1,0 +1,212 @@
+package netstack
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// recorder is a stack.NetworkDispatcher that keeps what it is given.
+type recorder struct{ pkts [][]byte }
+
+func (r *recorder) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	buf := pkt.ToBuffer()
+	r.pkts = append(r.pkts, buf.Flatten())
+	buf.Release()
+}
+
+func (r *recorder) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// vnetFrame builds a virtio-net frame: the header (struct virtio_net_hdr,
+// little endian: flags, gso_type, hdr_len, gso_size, csum_start,
+// csum_offset) and the packet.
+func vnetFrame(gsoType uint8, gsoSize, csumStart uint16, pkt []byte) []byte {
+	h := make([]byte, vnetHdrLen)
+	h[vnetGSOTypeOff] = gsoType
+	binary.LittleEndian.PutUint16(h[vnetGSOSizeOff:], gsoSize)
+	binary.LittleEndian.PutUint16(h[vnetCsumStartOff:], csumStart)
+	return append(h, pkt...)
+}
+
+// ipPacket builds an IPv4 or IPv6 packet of protocol proto around l4.
+func ipPacket(v6 bool, proto uint8, l4 []byte) []byte {
+	if v6 {
+		b := make([]byte, header.IPv6MinimumSize)
+		header.IPv6(b).Encode(&header.IPv6Fields{
+			PayloadLength: uint16(len(l4)), TransportProtocol: tcpip.TransportProtocolNumber(proto), HopLimit: 64,
+			SrcAddr: tcpip.AddrFrom16Slice(clientV6.AsSlice()), DstAddr: tcpip.AddrFrom16Slice(serverV6.AsSlice()),
+		})
+		return append(b, l4...)
+	}
+	b := make([]byte, header.IPv4MinimumSize)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(header.IPv4MinimumSize + len(l4)), ID: 100, TTL: 64, Protocol: proto,
+		SrcAddr: tcpip.AddrFrom4Slice(clientV4.AsSlice()), DstAddr: tcpip.AddrFrom4Slice(serverV4.AsSlice()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return append(b, l4...)
+}
+
+// udpDatagram is a UDP header (ports 1000 -> 53, length for payload)
+// and payload; the checksum is left partial, as the kernel leaves it.
+func udpDatagram(payload []byte) []byte {
+	u := make([]byte, header.UDPMinimumSize)
+	header.UDP(u).Encode(&header.UDPFields{SrcPort: 1000, DstPort: 53, Length: uint16(len(u) + len(payload))})
+	return append(u, payload...)
+}
+
+// tcpSegment is a TCP header without options and payload.
+func tcpSegment(payload []byte) []byte {
+	h := make([]byte, header.TCPMinimumSize)
+	header.TCP(h).Encode(&header.TCPFields{SrcPort: 1000, DstPort: 80, SeqNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagAck, WindowSize: 1000})
+	return append(h, payload...)
+}
+
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i * 13)
+	}
+	return b
+}
+
+func TestDeliverFrame(t *testing.T) {
+	udp4 := ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))
+	udp6 := ipPacket(true, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))
+	tso := ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(30000)))
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  []int // lengths of the packets delivered
+	}{
+		{"plain packet", vnetFrame(vnetGSONone, 0, 0, udp4), []int{len(udp4)}},
+		{"TSO super-packet, whole", vnetFrame(vnetGSOTCPv4, 1448, 20, tso), []int{len(tso)}},
+		{"TSO with the ECN bit", vnetFrame(vnetGSOTCPv4|vnetGSOECNBit, 1448, 20, tso), []int{len(tso)}},
+		{"USO IPv4 in three", vnetFrame(vnetGSOUDPL4, 100, 20, udp4), []int{128, 128, 78}},
+		{"USO IPv6 in three", vnetFrame(vnetGSOUDPL4, 100, 40, udp6), []int{148, 148, 98}},
+		{"USO, one segment", vnetFrame(vnetGSOUDPL4, 1000, 20, udp4), []int{len(udp4)}},
+		{"USO without a segment size", vnetFrame(vnetGSOUDPL4, 0, 20, udp4), nil},
+		{"USO with a short IP header", vnetFrame(vnetGSOUDPL4, 100, 8, udp4), nil},
+		{"USO beyond the packet", vnetFrame(vnetGSOUDPL4, 100, 2000, udp4), nil},
+		{"unknown GSO type", vnetFrame(3, 100, 20, udp4), nil},
+		{"header only", vnetFrame(vnetGSONone, 0, 0, nil), nil},
+		{"short header", []byte{0, 0, 0}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rec recorder
+			l := &link{}
+			l.gro.Dispatcher = &rec
+			l.deliverFrame(tc.frame, nil)
+			if len(rec.pkts) != len(tc.want) {
+				t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(tc.want))
+			}
+			pkt := tc.frame[min(len(tc.frame), vnetHdrLen):]
+			hdrLen := 0
+			if len(tc.want) > 1 {
+				hdrLen = headersLen(pkt)
+			}
+			var payload []byte
+			for i, p := range rec.pkts {
+				if len(p) != tc.want[i] {
+					t.Errorf("packet %d: %d bytes, want %d", i, len(p), tc.want[i])
+				}
+				if len(tc.want) == 1 && !bytes.Equal(p, pkt) {
+					t.Errorf("packet changed on the way")
+				}
+				if len(tc.want) > 1 {
+					checkSegment(t, i, p, hdrLen)
+					payload = append(payload, p[hdrLen:]...)
+				}
+			}
+			if len(tc.want) > 1 && !bytes.Equal(payload, pkt[hdrLen:]) {
+				t.Errorf("segments' payloads do not add up to the super-packet's")
+			}
+		})
+	}
+}
+
+// checkSegment checks the lengths (and for IPv4 the ID and header
+// checksum) of USO segment i, whose headers are hdrLen long.
+func checkSegment(t *testing.T, i int, p []byte, hdrLen int) {
+	t.Helper()
+	ipLen := hdrLen - header.UDPMinimumSize
+	if header.IPVersion(p) == header.IPv4Version {
+		ip := header.IPv4(p)
+		if int(ip.TotalLength()) != len(p) || ip.ID() != 100+uint16(i) || checksum.Checksum(p[:ipLen], 0) != 0xffff {
+			t.Errorf("segment %d: IPv4 length %d of %d, ID %d, checksum valid %v", i, ip.TotalLength(), len(p), ip.ID(), checksum.Checksum(p[:ipLen], 0) == 0xffff)
+		}
+	} else if int(header.IPv6(p).PayloadLength()) != len(p)-header.IPv6MinimumSize {
+		t.Errorf("segment %d: IPv6 payload length %d of %d", i, header.IPv6(p).PayloadLength(), len(p))
+	}
+	if got := int(header.UDP(p[ipLen:]).Length()); got != len(p)-ipLen {
+		t.Errorf("segment %d: UDP length %d, want %d", i, got, len(p)-ipLen)
+	}
+}
+
+func TestHeadersLen(t *testing.T) {
+	udp4 := ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(10)))
+	tcp6 := ipPacket(true, uint8(header.TCPProtocolNumber), tcpSegment(pattern(10)))
+	frag := bytes.Clone(udp4)
+	header.IPv4(frag).SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
+	badOff := bytes.Clone(tcp6)
+	badOff[header.IPv6MinimumSize+12] = 0xf0 // data offset 60 > the packet
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want int
+	}{
+		{"IPv4 UDP", udp4, 28},
+		{"IPv6 TCP", tcp6, 60},
+		{"IPv4 fragment", frag, 0},
+		{"TCP data offset past the end", badOff, 0},
+		{"ICMP", ipPacket(false, uint8(header.ICMPv4ProtocolNumber), make([]byte, 8)), 0},
+		{"truncated", udp4[:24], 0},
+		{"empty", nil, 0},
+	} {
+		if got := headersLen(tc.b); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// FuzzDeliverFrame: whatever the device hands over, the link never
+// panics, delivers nothing longer than the frame's packet, and a USO
+// split delivers exactly the super-packet's payload.
+func FuzzDeliverFrame(f *testing.F) {
+	f.Add(vnetFrame(vnetGSOUDPL4, 100, 20, ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))))
+	f.Add(vnetFrame(vnetGSOUDPL4, 7, 40, ipPacket(true, uint8(header.UDPProtocolNumber), udpDatagram(pattern(50)))))
+	f.Add(vnetFrame(vnetGSOTCPv6, 1440, 40, ipPacket(true, uint8(header.TCPProtocolNumber), tcpSegment(pattern(3000)))))
+	f.Add(vnetFrame(vnetGSONone, 0, 0, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(nil))))
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		var rec recorder
+		l := &link{}
+		l.gro.Dispatcher = &rec
+		l.deliverFrame(frame, nil)
+		if len(frame) <= vnetHdrLen {
+			if len(rec.pkts) != 0 {
+				t.Fatal("delivered a packet from a frame without one")
+			}
+			return
+		}
+		pkt := frame[vnetHdrLen:]
+		total := 0
+		for _, p := range rec.pkts {
+			if len(p) > len(pkt) {
+				t.Fatalf("delivered %d bytes from a %d-byte packet", len(p), len(pkt))
+			}
+			total += len(p)
+		}
+		if frame[vnetGSOTypeOff]&^vnetGSOECNBit == vnetGSOUDPL4 && len(rec.pkts) > 0 {
+			hdrLen := int(binary.LittleEndian.Uint16(frame[vnetCsumStartOff:])) + header.UDPMinimumSize
+			if total-len(rec.pkts)*hdrLen != len(pkt)-hdrLen {
+				t.Fatalf("USO: %d payload bytes delivered, the super-packet has %d", total-len(rec.pkts)*hdrLen, len(pkt)-hdrLen)
+			}
+		}
+	})
+}
