@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -49,6 +50,9 @@ type fakeOut struct {
 	dialErr error
 	udpErr  error
 	delay   time.Duration
+	// try, when set, makes the UDP endpoints able to send without
+	// blocking (engine.MetaTryWriter), refusing while try.block is set.
+	try *tryState
 
 	mu    sync.Mutex
 	dials []socks.Addr
@@ -87,7 +91,35 @@ func (f *fakeOut) ListenUDP(context.Context) (socks.PacketConn, error) {
 	if f.newPC != nil {
 		f.newPC <- pc
 	}
+	if f.try != nil {
+		return &fakeTryPC{fakePC: pc, st: f.try}, nil
+	}
 	return pc, nil
+}
+
+// tryState steers the fakeTryPCs of a fakeOut.
+type tryState struct {
+	block  atomic.Bool  // say the socket is full
+	pushed atomic.Int32 // datagrams sent through TryWriteToMeta
+}
+
+// fakeTryPC is a fakePC that can also send without blocking.
+type fakeTryPC struct {
+	*fakePC
+	st *tryState
+}
+
+func (p *fakeTryPC) TryWriteToMeta(b []byte, a socks.Addr, meta engine.Meta) (int, bool, error) {
+	if p.st.block.Load() {
+		return 0, false, nil
+	}
+	select {
+	case p.sent <- fakeDatagram{data: string(b), addr: a, ttl: meta.TTL, df: meta.DontFragment}:
+	default:
+		return 0, false, nil // full: what would block
+	}
+	p.st.pushed.Add(1)
+	return len(b), true, nil
 }
 
 func (f *fakeOut) Bind(context.Context, socks.Addr) (socks.BindListener, error) {
@@ -933,5 +965,95 @@ func TestTCPIdleHoldsOneGoroutine(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("flows did not close")
 		}
+	}
+}
+
+// TestUDPPushFastPath: with an outbound side that can send without
+// blocking, datagrams leave on the stack's goroutine; when it cannot (a
+// full socket), they wait in the mapping's queue; either way every one
+// arrives, in the order sent, and is counted.
+func TestUDPPushFastPath(t *testing.T) {
+	checkLeaks(t)
+	out := &fakeOut{newPC: make(chan *fakePC, 4), try: &tryState{}}
+	r := newRig(t, out)
+	la, proto := fullAddr(clientV4, 5001)
+	c, err := gonet.DialUDP(r.client, &la, nil, proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peer := net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverV4, 9))
+	// idle waits until the mapping has nothing queued or being sent, so
+	// that the next datagram may take the fast path.
+	idle := func() {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			var pending int64
+			r.gw.udp.mu.Lock()
+			for _, m := range r.gw.udp.maps {
+				pending += m.pending.Load()
+			}
+			r.gw.udp.mu.Unlock()
+			if pending == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d datagrams still pending", pending)
+			}
+		}
+	}
+	const n = 90
+	var pc *fakePC
+	var up int
+	var unblocked int32
+	for i := range n {
+		// The middle third while the socket is "full"; some of those
+		// are sent back to back, so that they queue behind each other.
+		blocked := i >= n/3 && i < 2*n/3
+		out.try.block.Store(blocked)
+		msgs := []int{i}
+		if blocked && i%5 == 0 && i+1 < 2*n/3 {
+			msgs = append(msgs, i+1)
+		} else if blocked && i%5 == 1 {
+			continue // sent with the one before
+		}
+		for _, k := range msgs {
+			msg := fmt.Sprintf("datagram %03d", k)
+			if _, err := c.WriteTo([]byte(msg), peer); err != nil {
+				t.Fatal(err)
+			}
+			up += len(msg)
+		}
+		if pc == nil {
+			select {
+			case pc = <-out.newPC:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no association opened")
+			}
+		}
+		for _, k := range msgs {
+			select {
+			case d := <-pc.sent:
+				if w := fmt.Sprintf("datagram %03d", k); d.data != w {
+					t.Fatalf("got %q, want %q", d.data, w)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("datagram %d did not arrive", k)
+			}
+		}
+		if !blocked && i > 0 {
+			unblocked++
+		}
+		idle()
+	}
+	// Every datagram sent while the socket took them, after the first
+	// (which opened the association), took the fast path; none of the
+	// others did.
+	if p := out.try.pushed.Load(); p != unblocked {
+		t.Errorf("%d datagrams took the fast path, want %d", p, unblocked)
+	}
+	waitCounts(t, r.eng, uint64(up), 0)
+	if len(out.pcs) != 1 {
+		t.Errorf("%d associations, want 1", len(out.pcs))
 	}
 }

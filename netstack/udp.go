@@ -65,11 +65,22 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	payload := pkt.Data().ToBuffer()
 	n, _ := payload.ReadAt((*bp)[:min(int(payload.Size()), len(*bp))], 0)
 	payload.Release()
+	d := datagram{dst: dst, buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)}
+	// The fast path: with nothing queued or being sent before it (so the
+	// order holds), the datagram leaves now if the outbound socket takes
+	// it. This is the only goroutine that queues, so nothing can be
+	// queued meanwhile.
+	if push := m.push.Load(); push != nil && m.pending.Load() == 0 && (*push)((*bp)[:n], dst, d.meta()) {
+		putDatagram(bp)
+		return true
+	}
+	m.pending.Add(1)
 	select {
-	case m.in <- datagram{dst: dst, buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)}:
+	case m.in <- d:
 	default:
 		// The outbound side is not keeping up: drop, as a full socket
 		// buffer would, and count it.
+		m.pending.Add(-1)
 		m.dropped.Add(1)
 		putDatagram(bp)
 	}
@@ -128,6 +139,16 @@ type udpMapping struct {
 	in     chan datagram
 	// dropped counts datagrams lost because the queue was full.
 	dropped atomic.Uint64
+	// push, when the engine gave one (engine.PacketPusher), sends a
+	// datagram out on the stack's goroutine if the outbound socket takes
+	// it at once.
+	push atomic.Pointer[func([]byte, socks.Addr, engine.Meta) bool]
+	// pending counts datagrams queued and not yet sent: the one ReadFrom
+	// returned last counts until the next ReadFrom, which the relay calls
+	// once it has sent it.
+	pending atomic.Int64
+	// returned: the relay has a datagram from ReadFrom; its goroutine only.
+	returned bool
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -139,6 +160,15 @@ type datagram struct {
 	n   int
 	ttl uint8 // as it arrived
 	df  bool  // must not be fragmented: IPv4 DF, or IPv6
+}
+
+// meta is what the datagram's IP header asks of the outbound side.
+func (d datagram) meta() engine.Meta {
+	meta := engine.Meta{DontFragment: d.df}
+	if d.ttl <= maxCarriedTTL {
+		meta.TTL = int(d.ttl) - 1
+	}
+	return meta
 }
 
 // maxCarriedTTL: a datagram that arrives with a TTL up to this was sent
@@ -240,15 +270,16 @@ func (m *udpMapping) ReadFrom(b []byte) (int, socks.Addr, error) {
 // ReadFromMeta implements engine.MetaReader: the TTL the datagram should
 // leave with (0 for the default), and whether it may be fragmented.
 func (m *udpMapping) ReadFromMeta(b []byte) (int, socks.Addr, engine.Meta, error) {
+	if m.returned {
+		m.returned = false
+		m.pending.Add(-1)
+	}
 	select {
 	case d := <-m.in:
+		m.returned = true
 		n := copy(b, (*d.buf)[:d.n])
 		putDatagram(d.buf)
-		meta := engine.Meta{DontFragment: d.df}
-		if d.ttl <= maxCarriedTTL {
-			meta.TTL = int(d.ttl) - 1
-		}
-		return n, d.dst, meta, nil
+		return n, d.dst, d.meta(), nil
 	case <-m.closed:
 		return 0, socks.Addr{}, engine.Meta{}, net.ErrClosed
 	}
@@ -301,6 +332,17 @@ func (m *udpMapping) WriteTo(b []byte, from socks.Addr) (int, error) {
 	}
 	return len(b), nil
 }
+
+// SetPush implements engine.PacketPusher.
+func (m *udpMapping) SetPush(push func([]byte, socks.Addr, engine.Meta) bool) {
+	if push == nil {
+		m.push.Store(nil)
+		return
+	}
+	m.push.Store(&push)
+}
+
+var _ engine.PacketPusher = (*udpMapping)(nil)
 
 // Close implements socks.PacketConn.
 func (m *udpMapping) Close() error {

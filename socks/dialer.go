@@ -316,6 +316,7 @@ func (d *Dialer) ListenPacket(ctx context.Context) (PacketConn, error) {
 			if err != nil {
 				return fail(&ReplyError{Code: ReplyGeneralFailure, Err: err})
 			}
+			GrowUDPBuffers(p.uc)
 			declared = AddrFromAddrPort(p.uc.LocalAddr().(*net.UDPAddr).AddrPort())
 			if dl, ok := ctx.Deadline(); ok {
 				c.SetDeadline(dl)
@@ -398,26 +399,33 @@ type upstreamPacketConn struct {
 func (p *upstreamPacketConn) WriteTo(b []byte, dst Addr) (int, error) {
 	bp := getPacketBuf()
 	defer putPacketBuf(bp)
-	// Headers, outermost first: hop 1 must forward to relay 2, ..., hop N
-	// to dst.
-	pkt := (*bp)[:0]
-	var err error
-	for i := 1; i < len(p.relays); i++ {
-		if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: p.relays[i]}); err != nil {
-			return 0, err
-		}
-	}
-	if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: dst}); err != nil {
+	pkt, err := p.encapsulate((*bp)[:0], b, dst)
+	if err != nil {
 		return 0, err
 	}
-	if len(pkt)+len(b) > cap(pkt) {
-		return 0, fmt.Errorf("socks: datagram of %d bytes too large to encapsulate", len(b))
-	}
-	pkt = append(pkt, b...)
 	if _, err := p.uc.WriteToUDPAddrPort(pkt, p.first); err != nil {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// encapsulate appends to pkt the datagram b to dst as hop 1's relay takes
+// it: one header per hop, outermost first (hop 1 must forward to relay 2,
+// ..., hop N to dst), then b.
+func (p *upstreamPacketConn) encapsulate(pkt, b []byte, dst Addr) ([]byte, error) {
+	var err error
+	for i := 1; i < len(p.relays); i++ {
+		if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: p.relays[i]}); err != nil {
+			return nil, err
+		}
+	}
+	if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: dst}); err != nil {
+		return nil, err
+	}
+	if len(pkt)+len(b) > cap(pkt) {
+		return nil, fmt.Errorf("socks: datagram of %d bytes too large to encapsulate", len(b))
+	}
+	return append(pkt, b...), nil
 }
 
 // ReadFrom implements PacketConn: it accepts datagrams only from hop 1's

@@ -379,6 +379,7 @@ func (s *Server) associate(ctx context.Context, sess *Session) error {
 	if err != nil {
 		return err
 	}
+	GrowUDPBuffers(uc)
 	relay := newClientRelay(uc, sess)
 	sess.UDPRelay = AddrFromAddrPort(uc.LocalAddr().(*net.UDPAddr).AddrPort())
 

@@ -283,6 +283,45 @@ func (p *directPacketConn) send(b, oob []byte, ap netip.AddrPort) (int, error) {
 	return 0, err
 }
 
+// TryWriteToMeta implements MetaTryWriter: WriteToMeta when the socket
+// takes the datagram at once. Destinations given by name are left to
+// WriteToMeta (done false), which resolves them.
+func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (int, bool, error) {
+	ap, ok := dst.AddrPort()
+	if !ok {
+		return 0, false, nil
+	}
+	v4 := ap.Addr().Unmap().Is4()
+	if v4 {
+		p.setDontFragment(meta.DontFragment)
+	}
+	var oob []byte
+	if meta.TTL > 0 {
+		oob = TTLControl(v4, meta.TTL)
+	}
+	n, done, err := socks.TryWriteMsgUDP(p.uc, b, oob, ap)
+	if !done || err == nil {
+		return n, done, err
+	}
+	if errors.Is(err, syscall.EMSGSIZE) {
+		return 0, true, p.tooBig(ap, b)
+	}
+	if !p.recvErr || !IsQueuedError(err) {
+		return 0, true, err
+	}
+	// As in send: the error may be about an earlier datagram.
+	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+		p.handOver(pes)
+		if n, done, err = socks.TryWriteMsgUDP(p.uc, b, oob, ap); !done || err == nil {
+			return n, done, err
+		}
+	}
+	if pe := LocalSendError(ap, b, err); pe != nil {
+		return 0, true, pe
+	}
+	return 0, true, err
+}
+
 // maxHandedOver bounds the errors waiting for the reader.
 const maxHandedOver = 64
 

@@ -89,6 +89,7 @@ func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
 		return nil, err
 	}
 	uc := pc.(*net.UDPConn)
+	socks.GrowUDPBuffers(uc)
 	// Without the error queue the association still works; it only cannot
 	// pass ICMP errors on.
 	recvErr := EnableErrQueue(uc) == nil

@@ -120,9 +120,13 @@ func (f *Flow) Dst() socks.Addr {
 // setDst records a new destination when it differs from the current one.
 func (f *Flow) setDst(a socks.Addr) {
 	if p := f.dst.Load(); p == nil || *p != a {
-		f.dst.Store(&a)
+		f.storeDst(a)
 	}
 }
+
+// storeDst is setDst's slow path, apart so that only a change of
+// destination allocates, not every datagram.
+func (f *Flow) storeDst(a socks.Addr) { f.dst.Store(&a) }
 
 // State returns the flow's state.
 func (f *Flow) State() State { return State(f.state.Load()) }

@@ -219,6 +219,30 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 	}, abort)
 	defer stopIdle()
 
+	// Where both sides can, what the client's IP header said goes out
+	// with the datagram: its TTL (traceroute through the gateway) and its
+	// don't-fragment bit (path MTU discovery through it).
+	metaIn, _ := client.(MetaReader)
+	metaOut, _ := out.(MetaWriter)
+	withMeta := metaIn != nil && metaOut != nil
+	up := &upSender{e: e, f: f, out: out}
+	up.reporter, _ = client.(ErrorReporter)
+	if withMeta {
+		up.metaOut = metaOut
+	}
+
+	// A client side that receives datagrams on a goroutine of its own (the
+	// netstack's) gets a push function: each datagram that finds the
+	// outbound socket ready leaves at once on that goroutine, without a
+	// hand-off to the loop below, which then only carries the datagrams
+	// that had to wait.
+	if pp, ok := client.(PacketPusher); ok {
+		if push := up.pusher(); push != nil {
+			pp.SetPush(push)
+			defer pp.SetPush(nil)
+		}
+	}
+
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -227,18 +251,12 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
-		// Where both sides can, what the client's IP header said goes out
-		// with the datagram: its TTL (traceroute through the gateway) and
-		// its don't-fragment bit (path MTU discovery through it).
-		metaIn, _ := client.(MetaReader)
-		metaOut, _ := out.(MetaWriter)
-		reporter, _ := client.(ErrorReporter)
 		for {
 			var n int
 			var dst socks.Addr
 			var meta Meta
 			var err error
-			if metaIn != nil && metaOut != nil {
+			if withMeta {
 				n, dst, meta, err = metaIn.ReadFromMeta(buf)
 			} else {
 				n, dst, err = client.ReadFrom(buf)
@@ -246,30 +264,15 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 			if err != nil {
 				return
 			}
-			f.setDst(dst)
-			if metaOut != nil && metaIn != nil {
-				_, err = metaOut.WriteToMeta(buf[:n], dst, meta)
+			var werr error
+			if withMeta {
+				_, werr = metaOut.WriteToMeta(buf[:n], dst, meta)
 			} else {
-				_, err = out.WriteTo(buf[:n], dst)
+				_, werr = out.WriteTo(buf[:n], dst)
 			}
-			var pe *PacketError
-			if errors.As(err, &pe) {
-				// Too big for the path: the client learns the MTU.
-				if reporter != nil {
-					reporter.ReportPacketError(pe)
-				}
-				continue
+			if !up.sent(buf[:n], dst, werr) {
+				return
 			}
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				// One datagram lost (a name that did not resolve, a
-				// full buffer): datagram semantics, the association lives.
-				e.log.Debug("datagram dropped", "flow", f.ID, "dst", dst.String(), "err", err)
-				continue
-			}
-			f.AddUp(n)
 		}
 	}()
 	func() {
@@ -302,6 +305,82 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		}
 	}()
 	wg.Wait()
+}
+
+// upSender is the client-to-outbound half of a UDP relay: what happens
+// after each send, shared by the relay loop and the push fast path.
+type upSender struct {
+	e        *Engine
+	f        *Flow
+	out      socks.PacketConn
+	metaOut  MetaWriter // nil: the datagrams' Meta is not carried
+	reporter ErrorReporter
+}
+
+// sent accounts for one send of b to dst that returned err, and reports
+// whether the association goes on.
+func (u *upSender) sent(b []byte, dst socks.Addr, err error) bool {
+	u.f.setDst(dst)
+	if err == nil {
+		u.f.AddUp(len(b))
+		return true
+	}
+	if pe := (*PacketError)(nil); errors.As(err, &pe) {
+		// Too big for the path, or refused at once: the client learns.
+		if u.reporter != nil {
+			u.reporter.ReportPacketError(pe)
+		}
+		return true
+	}
+	if errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	// One datagram lost (a name that did not resolve, a full buffer):
+	// datagram semantics, the association lives.
+	u.e.log.Debug("datagram dropped", "flow", u.f.ID, "dst", dst.String(), "err", err)
+	return true
+}
+
+// pusher returns the push function for a PacketPusher, or nil when the
+// outbound side cannot send without blocking.
+func (u *upSender) pusher() func(b []byte, dst socks.Addr, meta Meta) bool {
+	if tw, ok := u.out.(MetaTryWriter); ok && u.metaOut != nil {
+		return func(b []byte, dst socks.Addr, meta Meta) bool {
+			_, done, err := tw.TryWriteToMeta(b, dst, meta)
+			if done {
+				u.sent(b, dst, err)
+			}
+			return done
+		}
+	}
+	if tw, ok := u.out.(socks.TryWriter); ok {
+		return func(b []byte, dst socks.Addr, _ Meta) bool {
+			_, done, err := tw.TryWriteTo(b, dst)
+			if done {
+				u.sent(b, dst, err)
+			}
+			return done
+		}
+	}
+	return nil
+}
+
+// PacketPusher is implemented by client-side packet endpoints that receive
+// datagrams on a goroutine of their own (the netstack's UDP mappings). The
+// engine gives them push, which sends one datagram out on the caller's
+// goroutine if the outbound socket takes it at once, accounting for it as
+// the relay would, and reports whether it did; a datagram it did not take
+// goes the ordinary way, through ReadFrom. SetPush(nil) withdraws it.
+type PacketPusher interface {
+	SetPush(push func(b []byte, dst socks.Addr, meta Meta) bool)
+}
+
+// MetaTryWriter is implemented by outbound endpoints that can send a
+// datagram with its Meta without blocking: done is false when nothing was
+// sent (the socket was full, or the datagram needs the ordinary path);
+// otherwise err is what WriteToMeta would have returned.
+type MetaTryWriter interface {
+	TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (n int, done bool, err error)
 }
 
 // idleRecheck is how often a flow with no idle timeout looks again, in
