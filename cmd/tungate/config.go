@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,7 @@ type Config struct {
 	RelayBuffer      int           `yaml:"relay-buffer"`
 	Admin            []string      `yaml:"admin"`
 	PProf            string        `yaml:"pprof"`
+	Procs            int           `yaml:"procs"`
 
 	Tun         string   `yaml:"tun"`
 	MTU         int      `yaml:"mtu"`
@@ -165,6 +167,7 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxFlows, "max-flows", cfg.MaxFlows, "maximum concurrent flows, TCP and UDP, SOCKS and TUN (0: no limit)")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
 	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
+	fs.IntVar(&cfg.Procs, "procs", cfg.Procs, "CPUs the gateway's Go scheduler runs on at once (GOMAXPROCS); 0: half the CPUs in TUN mode (the kernel does the other half of the packet work), all of them otherwise; the GOMAXPROCS environment variable, when set, is the default")
 	fs.StringVar(&cfg.PProf, "pprof", cfg.PProf, "serve Go's runtime profiles (net/http/pprof) on this loopback `address` (host:port), for performance work; off by default")
 	fs.Var(&listFlag{list: &cfg.Admin}, "admin", "SCTP admin listener `address` (host:port); repeat for several local addresses (multi-homing); off disables (default 127.0.0.1:8080)")
 
@@ -282,12 +285,33 @@ type settings struct {
 	admin []netip.AddrPort
 	// pprof is the loopback address of the profiling endpoint; invalid: off.
 	pprof netip.AddrPort
+	// procs is what runtime.GOMAXPROCS is set to; 0: leave it.
+	procs int
 
 	tun      bool // TUN mode
 	icmp     netstack.ICMPMode
 	tunAddrs []netip.Prefix
 	routes   []netip.Prefix
 	excludes []netip.Prefix
+}
+
+// schedulerProcs returns the GOMAXPROCS to set (0: leave the runtime's):
+// the one asked for; else, in TUN mode and unless the environment sets
+// GOMAXPROCS, half the CPUs, rounded up. A TUN gateway's packets cost as
+// much in the kernel (the device and the outbound sockets, on the calling
+// threads and in softirq) as in the gateway, and the programs whose
+// traffic it carries run on the same CPUs; fewer Go threads mean fewer
+// wake-ups of another CPU for each hand-off between the netstack's
+// goroutines. On 2 CPUs (docs/performance.md) one scheduler thread moves
+// as much TCP and UDP as two and halves the first-byte latency's p99.
+func schedulerProcs(asked int, tun, envSet bool, cpus int) int {
+	switch {
+	case asked > 0:
+		return asked
+	case !tun || envSet:
+		return 0
+	}
+	return (cpus + 1) / 2
 }
 
 // tunGiven reports whether any flag asks for TUN mode.
@@ -386,6 +410,11 @@ func (c Config) resolve() (*settings, error) {
 		}
 		s.admin = append(s.admin, ap)
 	}
+
+	if c.Procs < 0 {
+		return nil, usagef("--procs must not be negative")
+	}
+	s.procs = schedulerProcs(c.Procs, c.tunGiven(), os.Getenv("GOMAXPROCS") != "", runtime.NumCPU())
 
 	if c.PProf != "" {
 		ap, err := netip.ParseAddrPort(c.PProf)

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"tungate/internal/engine"
@@ -43,9 +44,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitCode(stderr, err)
 	}
+	if s.procs > 0 {
+		runtime.GOMAXPROCS(s.procs)
+	}
 	level := new(slog.LevelVar)
 	level.Set(s.logLevel)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if s.procs > 0 {
+		log.Info("Go scheduler", "procs", s.procs, "cpus", runtime.NumCPU())
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

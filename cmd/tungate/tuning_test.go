@@ -67,3 +67,28 @@ func TestPProfServes(t *testing.T) {
 		t.Fatal("pprof still served after stop")
 	}
 }
+
+func TestSchedulerProcs(t *testing.T) {
+	for _, tc := range []struct {
+		asked       int
+		tun, envSet bool
+		cpus, want  int
+	}{
+		{0, true, false, 2, 1},
+		{0, true, false, 1, 1},
+		{0, true, false, 8, 4},
+		{0, true, false, 3, 2},
+		{0, false, false, 8, 0}, // SOCKS only: the runtime's default
+		{0, true, true, 8, 0},   // GOMAXPROCS in the environment
+		{3, false, true, 8, 3},  // asked: always
+		{16, true, false, 2, 16},
+	} {
+		if got := schedulerProcs(tc.asked, tc.tun, tc.envSet, tc.cpus); got != tc.want {
+			t.Errorf("schedulerProcs(%d, tun %v, env %v, %d CPUs) = %d, want %d", tc.asked, tc.tun, tc.envSet, tc.cpus, got, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	if code := run([]string{"--procs", "-1"}, nil, io.Discard, &out); code != 2 || !strings.Contains(out.String(), "--procs") {
+		t.Errorf("--procs -1: exit %d, %q; want 2 naming the flag", code, out.String())
+	}
+}
