@@ -2,13 +2,25 @@
 // carries, for any destination, in a gVisor network stack, and hands each
 // connection and each UDP mapping to the engine as a flow.
 //
-// The path of a packet: the link endpoint (link.go) reads batches of IP
-// packets from the Device and delivers them to gVisor; a TCP SYN reaches
+// The path of a packet: the link endpoint (link.go) reads IP packets from
+// the Device and delivers them to gVisor. On a device with virtio-net
+// headers (vnet.go) it reads each frame whole, so a TSO super-packet of up
+// to 64 KiB reaches the stack as one TCP segment, and it writes the
+// stack's large segments for the kernel to split (host GSO); a packet's
+// headers are kept in a buffer chunk of their own, so that parsing them
+// never copies the payload. A TCP SYN reaches
 // the forwarder (tcp.go), which holds it while the engine dials and
 // completes the handshake only once the outbound side is connected; UDP
 // datagrams bypass gVisor's sockets and go to the mapper (udp.go), which
 // keeps one engine association per client endpoint (endpoint-independent
 // mapping) and writes replies as IP packets it builds (packet.go).
+//
+// Two things keep the per-packet and per-connection cost low: an idle TCP
+// connection holds no goroutine on its client side (tcpConn calls back
+// when it has something to read, engine.ReadNotifier), and a UDP datagram
+// that finds the outbound socket ready is sent on the stack's own
+// goroutine (engine.PacketPusher), with no hand-off, strictly after any
+// datagram queued before it.
 //
 // This is the only package that sees gVisor types. It does not configure
 // the device, addresses or routes (package tun does), and it does not

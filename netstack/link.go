@@ -124,10 +124,11 @@ func (l *link) readLoop() error {
 	batch := max(l.dev.BatchSize(), 1)
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
-	// The device fills each buffer with one packet of at most its MTU
-	// (it splits what the kernel coalesced), so that is all they need.
+	// Devices without virtio-net headers (the vnet reader is used for the
+	// others) return one packet per read, so this is one buffer, of the
+	// largest packet: the device's MTU may be raised under the gateway.
 	for i := range bufs {
-		bufs[i] = make([]byte, l.headroom+int(l.mtu))
+		bufs[i] = make([]byte, l.headroom+maxPacket)
 	}
 	for {
 		n, err := l.dev.Read(bufs, sizes, l.headroom)
@@ -135,6 +136,9 @@ func (l *link) readLoop() error {
 		l.gro.Dispatcher = l.dispatcher
 		l.mu.RUnlock()
 		for i := range n {
+			if sizes[i] > len(bufs[i])-l.headroom {
+				continue // truncated by the device: not a whole packet
+			}
 			l.deliver(bufs[i][l.headroom : l.headroom+sizes[i]])
 		}
 		if n > 0 && l.gro.Dispatcher != nil {
@@ -143,22 +147,31 @@ func (l *link) readLoop() error {
 			l.gro.Flush()
 		}
 		if err != nil {
-			select {
-			case <-l.closed:
-				return nil
-			default:
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
 			// wireguard's tun reports a batch too small for a large GRO
-			// packet as ErrTooManySegments after delivering what fit;
-			// anything else ends the link.
-			if isTransientRead(err) {
+			// packet as ErrTooManySegments after delivering what fit.
+			if isTransientRead(err) && !l.isClosed() {
 				continue
 			}
-			return fmt.Errorf("netstack: reading device: %w", err)
+			return l.readEnd(err)
 		}
+	}
+}
+
+// readEnd is what a reader returns when the device's read failed with
+// err: nil when the link or the device was closed, else the error.
+func (l *link) readEnd(err error) error {
+	if l.isClosed() || errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	return fmt.Errorf("netstack: reading device: %w", err)
+}
+
+func (l *link) isClosed() bool {
+	select {
+	case <-l.closed:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -178,6 +178,15 @@ func (n *readNotify) notify(waiter.EventMask) {
 	}()
 }
 
+// Read reads from the connection; after Close it returns net.ErrClosed
+// (gonet would say io.EOF, which a relay would take for the client's FIN).
+func (c *tcpConn) Read(b []byte) (int, error) {
+	if c.isClosed() {
+		return 0, net.ErrClosed
+	}
+	return c.TCPConn.Read(b)
+}
+
 // Close closes the connection and fires a pending NotifyRead callback.
 func (c *tcpConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })

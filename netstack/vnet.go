@@ -2,9 +2,6 @@ package netstack
 
 import (
 	"encoding/binary"
-	"errors"
-	"fmt"
-	"os"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -34,15 +31,10 @@ func (l *link) readVnetLoop(r vnetReader) error {
 	for {
 		n, err := r.ReadVnet(frame)
 		if err != nil {
-			select {
-			case <-l.closed:
-				return nil
-			default:
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("netstack: reading device: %w", err)
+			return l.readEnd(err)
+		}
+		if n > len(frame) {
+			continue // truncated by the device: not a whole frame
 		}
 		l.mu.RLock()
 		l.gro.Dispatcher = l.dispatcher

@@ -10,10 +10,16 @@ import (
 
 // TryWriteMsgUDP sends b, with the control messages oob, to `to` on uc if
 // the socket takes it at once (MSG_DONTWAIT): done is false when it would
-// have blocked, and nothing was sent. An IPv4 destination on an IPv6
+// have blocked, or for a destination with a zone (left to the ordinary
+// send), and nothing was sent. An IPv4 destination on an IPv6
 // (dual-stack) socket is sent as its IPv4-mapped address, as
 // net.UDPConn.WriteMsgUDPAddrPort does.
 func TryWriteMsgUDP(uc *net.UDPConn, b, oob []byte, to netip.AddrPort) (n int, done bool, err error) {
+	if to.Addr().Zone() != "" {
+		// A scoped address needs its interface index: the runtime's send
+		// looks it up.
+		return 0, false, nil
+	}
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return 0, true, err
@@ -48,7 +54,10 @@ func TryWriteMsgUDP(uc *net.UDPConn, b, oob []byte, to netip.AddrPort) (n int, d
 // UDPSocketBuffer bytes each way, past the system's limit where the
 // process may (CAP_NET_ADMIN), else as far as the limit allows. A relay
 // takes bursts from a fast sender while its reader waits for a CPU; the
-// default (about 200 KiB, 150 full-size datagrams) loses them.
+// default (about 200 KiB, 150 full-size datagrams) loses them. The memory
+// is the kernel's, taken only while datagrams wait, and all UDP sockets
+// together stay within net.ipv4.udp_mem; the number of associations is
+// bounded by the flow and session limits.
 func GrowUDPBuffers(uc *net.UDPConn) {
 	rc, err := uc.SyscallConn()
 	if err != nil {

@@ -167,7 +167,7 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxFlows, "max-flows", cfg.MaxFlows, "maximum concurrent flows, TCP and UDP, SOCKS and TUN (0: no limit)")
 	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "maximum concurrent SOCKS5 client connections (0: no limit)")
 	fs.IntVar(&cfg.RelayBuffer, "relay-buffer", cfg.RelayBuffer, "relay buffer `bytes` per direction")
-	fs.IntVar(&cfg.Procs, "procs", cfg.Procs, "CPUs the gateway's Go scheduler runs on at once (GOMAXPROCS); 0: half the CPUs in TUN mode (the kernel does the other half of the packet work), all of them otherwise; the GOMAXPROCS environment variable, when set, is the default")
+	fs.IntVar(&cfg.Procs, "procs", cfg.Procs, "CPUs the gateway's Go scheduler runs on at once (GOMAXPROCS); 0: in TUN mode half of the CPUs the process may use (the kernel does the other half of the packet work), otherwise all; the GOMAXPROCS environment variable, when set, is the default")
 	fs.StringVar(&cfg.PProf, "pprof", cfg.PProf, "serve Go's runtime profiles (net/http/pprof) on this loopback `address` (host:port), for performance work; off by default")
 	fs.Var(&listFlag{list: &cfg.Admin}, "admin", "SCTP admin listener `address` (host:port); repeat for several local addresses (multi-homing); off disables (default 127.0.0.1:8080)")
 
@@ -297,21 +297,22 @@ type settings struct {
 
 // schedulerProcs returns the GOMAXPROCS to set (0: leave the runtime's):
 // the one asked for; else, in TUN mode and unless the environment sets
-// GOMAXPROCS, half the CPUs, rounded up. A TUN gateway's packets cost as
+// GOMAXPROCS, half of the runtime's own choice (the CPUs it may use, after
+// any cgroup limit), rounded up. A TUN gateway's packets cost as
 // much in the kernel (the device and the outbound sockets, on the calling
 // threads and in softirq) as in the gateway, and the programs whose
 // traffic it carries run on the same CPUs; fewer Go threads mean fewer
 // wake-ups of another CPU for each hand-off between the netstack's
 // goroutines. On 2 CPUs (docs/performance.md) one scheduler thread moves
 // as much TCP and UDP as two and halves the first-byte latency's p99.
-func schedulerProcs(asked int, tun, envSet bool, cpus int) int {
+func schedulerProcs(asked int, tun, envSet bool, procs int) int {
 	switch {
 	case asked > 0:
 		return asked
 	case !tun || envSet:
 		return 0
 	}
-	return (cpus + 1) / 2
+	return (procs + 1) / 2
 }
 
 // tunGiven reports whether any flag asks for TUN mode.
@@ -414,7 +415,7 @@ func (c Config) resolve() (*settings, error) {
 	if c.Procs < 0 {
 		return nil, usagef("--procs must not be negative")
 	}
-	s.procs = schedulerProcs(c.Procs, c.tunGiven(), os.Getenv("GOMAXPROCS") != "", runtime.NumCPU())
+	s.procs = schedulerProcs(c.Procs, c.tunGiven(), os.Getenv("GOMAXPROCS") != "", runtime.GOMAXPROCS(0))
 
 	if c.PProf != "" {
 		ap, err := netip.ParseAddrPort(c.PProf)

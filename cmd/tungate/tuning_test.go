@@ -72,7 +72,7 @@ func TestSchedulerProcs(t *testing.T) {
 	for _, tc := range []struct {
 		asked       int
 		tun, envSet bool
-		cpus, want  int
+		procs, want int
 	}{
 		{0, true, false, 2, 1},
 		{0, true, false, 1, 1},
@@ -83,8 +83,8 @@ func TestSchedulerProcs(t *testing.T) {
 		{3, false, true, 8, 3},  // asked: always
 		{16, true, false, 2, 16},
 	} {
-		if got := schedulerProcs(tc.asked, tc.tun, tc.envSet, tc.cpus); got != tc.want {
-			t.Errorf("schedulerProcs(%d, tun %v, env %v, %d CPUs) = %d, want %d", tc.asked, tc.tun, tc.envSet, tc.cpus, got, tc.want)
+		if got := schedulerProcs(tc.asked, tc.tun, tc.envSet, tc.procs); got != tc.want {
+			t.Errorf("schedulerProcs(%d, tun %v, env %v, GOMAXPROCS %d) = %d, want %d", tc.asked, tc.tun, tc.envSet, tc.procs, got, tc.want)
 		}
 	}
 	var out bytes.Buffer

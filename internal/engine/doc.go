@@ -14,6 +14,14 @@
 // replies from any peer come back and the mapping is stable across
 // destinations.
 //
+// A relay holds a buffer only while it copies (pooled, by size class;
+// bulk flows grow theirs up to 8 times the configured size) and, where the
+// client side can call back when readable (ReadNotifier), no goroutine for
+// that direction while it is idle. Datagrams from a client side that
+// receives them on its own goroutine (PacketPusher) may be sent on that
+// goroutine when the outbound socket takes them at once (MetaTryWriter,
+// socks.TryWriter).
+//
 // The engine does not parse any protocol and does not decide who may use
 // it: authentication belongs to the SOCKS5 server, and routing to the TUN
 // side.

@@ -83,7 +83,7 @@ func (e *Engine) ServeTCP(ctx context.Context, spec FlowSpec, accept func(up net
 	}
 	defer e.finish(f)
 
-	dctx, cancel := context.WithTimeout(ctx, e.settings.ConnectTimeout())
+	dctx, cancel := context.WithTimeout(withClient(ctx, spec.Src), e.settings.ConnectTimeout())
 	up, err := e.out.DialTCP(dctx, spec.Dst)
 	cancel()
 	if err != nil {
@@ -153,7 +153,7 @@ func (e *Engine) ServeUDP(ctx context.Context, spec FlowSpec, client socks.Packe
 	}
 	defer e.finish(f)
 
-	dctx, cancel := context.WithTimeout(ctx, e.settings.ConnectTimeout())
+	dctx, cancel := context.WithTimeout(withClient(ctx, spec.Src), e.settings.ConnectTimeout())
 	out, err := e.out.ListenUDP(dctx)
 	cancel()
 	if err != nil {

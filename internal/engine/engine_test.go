@@ -427,3 +427,56 @@ func TestSessionIsolation(t *testing.T) {
 	defer c.Close()
 	roundTrip(t, c, "still served")
 }
+
+// TestLoopbackRefusedToRemoteClients: a client on another host may not
+// reach this host's loopback (or unspecified) addresses through a direct
+// outbound, by address or by name, over TCP or UDP; a client on this host
+// may.
+func TestLoopbackRefusedToRemoteClients(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	eng := engine.New(&engine.Direct{}, nil, nil)
+	remote := socks.AddrFromAddrPort(netip.MustParseAddrPort("198.18.0.5:4000"))
+	local := socks.AddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:4000"))
+	for _, tc := range []struct {
+		name    string
+		src     socks.Addr
+		dst     socks.Addr
+		refused bool
+	}{
+		{"remote to 127.0.0.1", remote, socks.AddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)), true},
+		{"remote to 0.0.0.0", remote, socks.AddrFromAddrPort(netip.AddrPortFrom(netip.IPv4Unspecified(), port)), true},
+		{"remote to localhost", remote, socks.Addr{Name: "localhost", Port: port}, true},
+		{"local to 127.0.0.1", local, socks.AddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			accepted := false
+			err := eng.ServeTCP(context.Background(), engine.FlowSpec{Src: tc.src, Dst: tc.dst}, func(up net.Conn) (net.Conn, error) {
+				accepted = true
+				return nil, errors.New("test: done")
+			})
+			if tc.refused {
+				if accepted || socks.ReplyFromError(err) != socks.ReplyNotAllowed {
+					t.Fatalf("dial: accepted %v, err %v (%s); want refused as not allowed", accepted, err, socks.ReplyFromError(err))
+				}
+				return
+			}
+			if !accepted {
+				t.Fatalf("dial from this host refused: %v", err)
+			}
+		})
+	}
+}

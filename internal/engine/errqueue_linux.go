@@ -291,14 +291,10 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 	if !ok {
 		return 0, false, nil
 	}
-	v4 := ap.Addr().Unmap().Is4()
-	if v4 {
-		p.setDontFragment(meta.DontFragment)
+	if p.remote && hostOnly(ap.Addr()) {
+		return 0, true, ErrLoopbackRefused
 	}
-	var oob []byte
-	if meta.TTL > 0 {
-		oob = TTLControl(v4, meta.TTL)
-	}
+	oob := p.applyMeta(ap, meta)
 	n, done, err := socks.TryWriteMsgUDP(p.uc, b, oob, ap)
 	if !done || err == nil {
 		return n, done, err
@@ -314,6 +310,9 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 		p.handOver(pes)
 		if n, done, err = socks.TryWriteMsgUDP(p.uc, b, oob, ap); !done || err == nil {
 			return n, done, err
+		}
+		if errors.Is(err, syscall.EMSGSIZE) {
+			return 0, true, p.tooBig(ap, b)
 		}
 	}
 	if pe := LocalSendError(ap, b, err); pe != nil {

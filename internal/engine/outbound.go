@@ -53,8 +53,19 @@ func (d *Direct) resolver() *net.Resolver {
 func (d *Direct) Upstream() bool { return false }
 
 // DialTCP implements Outbound.
+// A client from another host is refused this host's loopback addresses
+// (ErrLoopbackRefused), also when a name resolves to one.
 func (d *Direct) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error) {
-	nd := net.Dialer{Control: d.Control, Resolver: d.Resolver}
+	local := localClient(ctx)
+	nd := net.Dialer{Resolver: d.Resolver, ControlContext: func(_ context.Context, network, address string, c syscall.RawConn) error {
+		if ap, err := netip.ParseAddrPort(address); err == nil && !local && hostOnly(ap.Addr()) {
+			return ErrLoopbackRefused
+		}
+		if d.Control != nil {
+			return d.Control(network, address, c)
+		}
+		return nil
+	}}
 	return nd.DialContext(ctx, "tcp", dst.String())
 }
 
@@ -93,7 +104,7 @@ func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
 	// Without the error queue the association still works; it only cannot
 	// pass ICMP errors on.
 	recvErr := EnableErrQueue(uc) == nil
-	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr)}, nil
+	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr), remote: !localClient(ctx)}, nil
 }
 
 // maxCachedNames bounds the names one UDP association remembers.
@@ -106,6 +117,7 @@ type directPacketConn struct {
 	uc      *net.UDPConn
 	d       *Direct
 	recvErr bool
+	remote  bool           // the client is on another host: no loopback destinations
 	pending []*PacketError // drained from the error queue, not yet returned
 
 	df    atomic.Bool // IPv4 path MTU discovery is "do" (DF set, never fragment)
@@ -160,26 +172,38 @@ func (p *directPacketConn) WriteToMeta(b []byte, dst socks.Addr, meta Meta) (int
 	if err != nil {
 		return 0, err
 	}
-	v4 := ap.Addr().Unmap().Is4()
-	if v4 {
-		p.setDontFragment(meta.DontFragment)
-	}
-	var oob []byte
-	if meta.TTL > 0 {
-		oob = TTLControl(v4, meta.TTL)
-	}
-	n, err := p.send(b, oob, ap)
+	n, err := p.send(b, p.applyMeta(ap, meta), ap)
 	if err != nil && errors.Is(err, syscall.EMSGSIZE) {
 		return 0, p.tooBig(ap, b)
 	}
 	return n, err
 }
 
-func (p *directPacketConn) resolveDst(dst socks.Addr) (netip.AddrPort, error) {
-	if ap, ok := dst.AddrPort(); ok {
-		return ap, nil
+// applyMeta sets the socket's don't-fragment mode for a datagram to ap as
+// meta asks, and returns the control message for its TTL, if any.
+func (p *directPacketConn) applyMeta(ap netip.AddrPort, meta Meta) (oob []byte) {
+	v4 := ap.Addr().Unmap().Is4()
+	if v4 {
+		p.setDontFragment(meta.DontFragment)
 	}
-	return p.lookup(dst)
+	if meta.TTL > 0 {
+		oob = TTLControl(v4, meta.TTL)
+	}
+	return oob
+}
+
+func (p *directPacketConn) resolveDst(dst socks.Addr) (netip.AddrPort, error) {
+	ap, ok := dst.AddrPort()
+	if !ok {
+		var err error
+		if ap, err = p.lookup(dst); err != nil {
+			return netip.AddrPort{}, err
+		}
+	}
+	if p.remote && hostOnly(ap.Addr()) {
+		return netip.AddrPort{}, ErrLoopbackRefused
+	}
+	return ap, nil
 }
 
 func (p *directPacketConn) lookup(dst socks.Addr) (netip.AddrPort, error) {

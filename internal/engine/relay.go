@@ -104,6 +104,11 @@ type direction struct {
 // configured relay buffer size.
 const relayGrowth = 8
 
+// slowWrite is how long a relay write may take before its direction is
+// taken for one whose receiver is slow: a larger buffer would not move
+// more, only be held longer.
+const slowWrite = time.Millisecond
+
 func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *atomic.Int32, abort func()) *direction {
 	d := &direction{e: e, f: f, dst: dst, src: src, upward: upward, ended: ended, abort: abort}
 	d.size = e.settings.RelayBufferSize()
@@ -150,8 +155,14 @@ func (d *direction) step() bool {
 		d.adapt(n, len(*bp))
 	}
 	if n > 0 {
+		start := time.Now()
 		_, werr := d.dst.Write((*bp)[:n])
 		putRelayBuf(bp)
+		if time.Since(start) > slowWrite {
+			// The receiver is the bottleneck, and the buffer was held
+			// all along: back to the configured size.
+			d.size = d.e.settings.RelayBufferSize()
+		}
 		if werr != nil {
 			if isReset(werr) {
 				reset(d.src)
@@ -426,7 +437,9 @@ func watchIdle(f *Flow, timeout func() time.Duration, abort func()) (stop func()
 // directions of different sizes do not trade buffers.
 const (
 	minRelayClass = MinRelayBufferSize
-	relayClasses  = 13 // 1 KiB .. 4 MiB (MaxRelayBufferSize)
+	// relayClasses: MinRelayBufferSize (1 KiB) .. MaxRelayBufferSize
+	// (4 MiB), one per power of two; TestRelayBufferAdapts checks it.
+	relayClasses = 13
 )
 
 var relayPools [relayClasses]sync.Pool

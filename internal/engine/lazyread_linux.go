@@ -11,9 +11,10 @@ import (
 
 // lazyReader reads a connection into a relay buffer that it takes from
 // the pool only once there is something to read: a relay of an idle
-// connection then holds no buffer. On a kernel socket it reads through
-// the runtime's poller (syscall.RawConn), so waiting costs no extra
-// system call; any other connection is read with a buffer taken first.
+// connection then holds no buffer. On a kernel socket (*net.TCPConn,
+// *net.UnixConn) it reads through the runtime's poller (syscall.RawConn),
+// so waiting costs no extra system call; any other connection is read
+// with a buffer taken first.
 type lazyReader struct {
 	c    net.Conn
 	size func() int
@@ -28,8 +29,15 @@ type lazyReader struct {
 
 func (l *lazyReader) init(c net.Conn, size func() int) {
 	l.c, l.size = c, size
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	// Only the runtime's own socket types: a wrapper that embeds one may
+	// have bytes of its own to return first (a buffered handshake).
+	var sc syscall.Conn
+	switch c := c.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
 		return
 	}
 	rc, err := sc.SyscallConn()
