@@ -20,13 +20,16 @@ import (
 // held (no SYN-ACK) while the engine dials the destination; only once the
 // outbound side is connected does the stack complete the handshake, so a
 // failed dial is answered instead of a connection that opens and closes.
-// The forwarder calls it on a goroutine of its own.
+// The forwarder calls it on a goroutine of its own, which ends once the
+// relay has started: the relay's goroutines are the engine's, and it
+// reports the flow's end to s.flows (engine.StartTCP), so that a held
+// connection does not keep this goroutine, whose stack the handshake has
+// grown.
 func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	if !s.enter() {
 		r.Complete(true)
 		return
 	}
-	defer s.flows.Done()
 
 	id := r.ID()
 	syn := s.syns.take(id)
@@ -36,7 +39,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		Flags: engine.FlagTUN,
 	}
 	completed := false
-	err := s.eng.ServeTCP(s.ctx, spec, func(net.Conn) (net.Conn, error) {
+	err := s.eng.StartTCP(s.ctx, spec, func(net.Conn) (net.Conn, error) {
 		var wq waiter.Queue
 		ep, terr := r.CreateEndpoint(&wq)
 		completed = true
@@ -47,8 +50,9 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(false)
 		ep.SocketOptions().SetKeepAlive(true)
 		return &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep, wq: &wq, closed: make(chan struct{})}, nil
-	})
+	}, s.flows.Done)
 	if err != nil {
+		s.flows.Done()
 		if !completed {
 			s.answerSYN(r, syn, socks.ReplyFromError(err))
 		}

@@ -76,28 +76,58 @@ func (e *Engine) finish(f *Flow) {
 // it is closed through the registry. A failed dial returns an error that
 // socks.ReplyFromError translates; accept is not called then.
 func (e *Engine) ServeTCP(ctx context.Context, spec FlowSpec, accept func(up net.Conn) (net.Conn, error)) error {
-	spec.Proto = ProtoTCP
-	f, err := e.open(spec)
+	f, client, up, err := e.connectTCP(ctx, spec, accept)
 	if err != nil {
 		return err
 	}
 	defer e.finish(f)
+	e.relayTCP(ctx, f, client, up)
+	return nil
+}
 
+// StartTCP is ServeTCP for a caller that need not wait for the relay: it
+// returns once the relay has started, and ended is called (once, on
+// another goroutine) when the flow has ended. When it returns an error,
+// the flow never started and ended is not called. The relay then holds no
+// goroutine of the caller's, and while the flow is idle a single goroutine
+// that has never copied anything, so with a small stack (the TUN side's
+// held connections).
+func (e *Engine) StartTCP(ctx context.Context, spec FlowSpec, accept func(up net.Conn) (net.Conn, error), ended func()) error {
+	f, client, up, err := e.connectTCP(ctx, spec, accept)
+	if err != nil {
+		return err
+	}
+	e.startDetachedTCP(ctx, f, client, up, func() {
+		e.finish(f)
+		ended()
+	})
+	return nil
+}
+
+// connectTCP opens the flow, dials and accepts: everything of a TCP flow
+// before the relay. On an error the flow is finished.
+func (e *Engine) connectTCP(ctx context.Context, spec FlowSpec, accept func(up net.Conn) (net.Conn, error)) (*Flow, net.Conn, net.Conn, error) {
+	spec.Proto = ProtoTCP
+	f, err := e.open(spec)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	dctx, cancel := context.WithTimeout(withClient(ctx, spec.Src), e.settings.ConnectTimeout())
 	up, err := e.out.DialTCP(dctx, spec.Dst)
 	cancel()
 	if err != nil {
 		e.reg.CountDialFailure()
-		return fmt.Errorf("engine: dial %s: %w", spec.Dst, err)
+		e.finish(f)
+		return nil, nil, nil, fmt.Errorf("engine: dial %s: %w", spec.Dst, err)
 	}
 	client, err := accept(up)
 	if err != nil {
 		up.Close()
-		return err
+		e.finish(f)
+		return nil, nil, nil, err
 	}
 	f.SetState(StateEstablished)
-	e.relayTCP(ctx, f, client, up)
-	return nil
+	return f, client, up, nil
 }
 
 // ServeBind runs a SOCKS BIND: it listens through the outbound, calls

@@ -480,3 +480,92 @@ func TestLoopbackRefusedToRemoteClients(t *testing.T) {
 		})
 	}
 }
+
+// TestStartTCP: a detached relay copies both ways and reports its end once,
+// when both sides have closed; a flow that fails to dial returns the error
+// and never reports an end.
+func TestStartTCP(t *testing.T) {
+	checkLeaks(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c) // echo until the client's FIN
+	}()
+	eng := engine.New(&engine.Direct{}, nil, nil)
+	local := socks.AddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:4000"))
+	dst := socks.AddrFromAddrPort(l.Addr().(*net.TCPAddr).AddrPort())
+
+	// The client's side is a loopback TCP pair, as the relay's kernel side.
+	cl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	client, err := net.Dial("tcp", cl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	relaySide, err := cl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{}, 2)
+	err = eng.StartTCP(context.Background(), engine.FlowSpec{Src: local, Dst: dst}, func(net.Conn) (net.Conn, error) {
+		return relaySide, nil
+	}, func() { ended <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("detached "), 20000)
+	go client.Write(msg)
+	got := make([]byte, len(msg))
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through the detached relay: %v", err)
+	}
+	client.(*net.TCPConn).CloseWrite()
+	if _, err := client.Read(got[:1]); err != io.EOF {
+		t.Fatalf("after the client's FIN: %v, want EOF passed back", err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not report its end")
+	}
+	select {
+	case <-ended:
+		t.Fatal("the end reported twice")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if m := eng.Registry().Metrics(); m.Concurrent != 0 || m.BytesUp != uint64(len(msg)) || m.BytesDown != uint64(len(msg)) {
+		t.Errorf("metrics %+v", m)
+	}
+
+	// A refused dial: the error, and no end.
+	closed := socks.AddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:1"))
+	err = eng.StartTCP(context.Background(), engine.FlowSpec{Src: local, Dst: closed}, func(net.Conn) (net.Conn, error) {
+		t.Error("accept called for a failed dial")
+		return nil, errors.New("unreachable")
+	}, func() { ended <- struct{}{} })
+	if socks.ReplyFromError(err) != socks.ReplyConnectionRefused {
+		t.Errorf("dial to a closed port: %v", err)
+	}
+	select {
+	case <-ended:
+		t.Error("a flow that never started reported an end")
+	case <-time.After(50 * time.Millisecond):
+	}
+}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -20,12 +21,20 @@ type lazyReader struct {
 	size func() int
 	rc   syscall.RawConn // nil: c is not a kernel socket
 
-	// What the raw read callback found; fn is made once, not per read.
-	bp  *[]byte
-	n   int
-	err error
-	fn  func(fd uintptr) bool
+	// What the raw read callback found; the callbacks are made once, not
+	// per read.
+	bp     *[]byte
+	n      int
+	err    error
+	noWait bool // this read must not wait: EAGAIN is errWouldBlock
+	fn     func(fd uintptr) bool
+	peekFn func(fd uintptr) bool
+	peek   [1]byte
 }
+
+// errWouldBlock is what a read that must not wait returns when the socket
+// has nothing to read.
+var errWouldBlock = errors.New("engine: would block")
 
 func (l *lazyReader) init(c net.Conn, size func() int) {
 	l.c, l.size = c, size
@@ -46,17 +55,35 @@ func (l *lazyReader) init(c net.Conn, size func() int) {
 	}
 	l.rc = rc
 	l.fn = l.readRaw
+	l.peekFn = l.peekRaw
+}
+
+// canWait reports whether wait works: the connection is a kernel socket.
+func (l *lazyReader) canWait() bool { return l.rc != nil }
+
+// wait blocks until the socket has something to read (data, EOF or an
+// error), reading nothing, or it is closed.
+func (l *lazyReader) wait() error { return l.rc.Read(l.peekFn) }
+
+func (l *lazyReader) peekRaw(fd uintptr) bool {
+	for {
+		_, _, err := unix.Recvfrom(int(fd), l.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return err != unix.EAGAIN
+		}
+	}
 }
 
 // read returns what one read of the connection got, in a pooled buffer
-// the caller gives back (nil when nothing was read).
-func (l *lazyReader) read() (*[]byte, int, error) {
+// the caller gives back (nil when nothing was read). With wait false, on
+// a kernel socket, it returns errWouldBlock instead of waiting for data.
+func (l *lazyReader) read(wait bool) (*[]byte, int, error) {
 	if l.rc == nil {
 		bp := getRelayBuf(l.size())
 		n, err := l.c.Read(*bp)
 		return bp, n, err
 	}
-	l.bp, l.n, l.err = nil, 0, nil
+	l.bp, l.n, l.err, l.noWait = nil, 0, nil, !wait
 	if err := l.rc.Read(l.fn); err != nil {
 		// Closed, or a deadline: the callback did not finish a read.
 		if l.bp != nil {
@@ -84,6 +111,10 @@ func (l *lazyReader) readRaw(fd uintptr) bool {
 		case err == unix.EAGAIN:
 			putRelayBuf(l.bp)
 			l.bp = nil
+			if l.noWait {
+				l.err = errWouldBlock
+				return true
+			}
 			return false
 		case err != nil:
 			l.err = os.NewSyscallError("read", err)

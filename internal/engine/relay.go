@@ -25,6 +25,43 @@ import (
 // it is idle, only while there is something to copy. A held, idle TUN
 // connection thus costs one parked goroutine, not two.
 func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
+	r := e.startRelay(ctx, f, client, up)
+	r.downward.run()
+	r.end()
+}
+
+// startDetachedTCP relays like relayTCP without the caller's goroutine:
+// the direction from up runs on a watcher goroutine that only waits for up
+// to be readable and hands the copying to a goroutine of its own each
+// time, so that the goroutine a held, idle connection keeps has a small
+// stack (the copying path through the netstack runs deep). ended is
+// called when the relay has ended.
+func (e *Engine) startDetachedTCP(ctx context.Context, f *Flow, client, up net.Conn, ended func()) {
+	r := e.startRelay(ctx, f, client, up)
+	go func() {
+		r.downward.watch()
+		r.end()
+		ended()
+	}()
+}
+
+// tcpRelay is a TCP relay's shared state: the two directions, the abort
+// that ends both, and what end undoes.
+type tcpRelay struct {
+	upward, downward *direction
+	abort            func()
+	upDone           chan struct{} // closed when the upward direction ended
+	stop, stopIdle   func()
+}
+
+// startRelay sets a relay up and starts its upward direction. The
+// downward one is the caller's to run; end waits for the upward one.
+//
+// The upward direction runs on a goroutine of its own, except where the
+// client can call back when it has something to read (ReadNotifier, the
+// netstack's connections): then that direction holds no goroutine while
+// it is idle, only while there is something to copy.
+func (e *Engine) startRelay(ctx context.Context, f *Flow, client, up net.Conn) *tcpRelay {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -33,39 +70,44 @@ func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
 		})
 	}
 	f.SetAbort(abort)
-	stop := context.AfterFunc(ctx, abort)
-	defer stop()
-	stopIdle := watchIdle(f, e.settings.TCPIdleTimeout, abort)
-	defer stopIdle()
+	r := &tcpRelay{abort: abort, upDone: make(chan struct{})}
+	stopCtx := context.AfterFunc(ctx, abort)
+	r.stop = func() { stopCtx() }
+	r.stopIdle = watchIdle(f, e.settings.TCPIdleTimeout, abort)
 
-	var ended atomic.Int32
-	upward := newDirection(e, f, up, client, true, &ended, abort)
-	downward := newDirection(e, f, client, up, false, &ended, abort)
-	done := make(chan struct{})
+	ended := new(atomic.Int32)
+	r.upward = newDirection(e, f, up, client, true, ended, abort)
+	r.downward = newDirection(e, f, client, up, false, ended, abort)
 	if rn, ok := client.(ReadNotifier); ok {
 		// Each callback starts one goroutine that copies until the client
 		// has nothing more to read, then asks for the next callback; the
-		// last one, when the direction ends, closes done. So exactly one
-		// of them runs or is pending at any time, and this function waits
-		// for the last.
+		// last one, when the direction ends, closes upDone. So exactly one
+		// of them runs or is pending at any time.
 		var wake func()
 		wake = func() {
-			if upward.drain(rn) {
+			if r.upward.drain(rn) {
 				rn.NotifyRead(wake)
 				return
 			}
-			close(done)
+			close(r.upDone)
 		}
 		rn.NotifyRead(wake)
 	} else {
 		go func() {
-			defer close(done)
-			upward.run()
+			defer close(r.upDone)
+			r.upward.run()
 		}()
 	}
-	downward.run()
-	<-done
-	abort()
+	return r
+}
+
+// end waits for the upward direction once the downward one has ended,
+// then ends the relay.
+func (r *tcpRelay) end() {
+	<-r.upDone
+	r.abort()
+	r.stop()
+	r.stopIdle()
 }
 
 // ReadNotifier is implemented by connections that can say, without a
@@ -98,6 +140,7 @@ type direction struct {
 	// moves large blocks (fewer system calls, larger segments); an
 	// interactive or slow flow holds small buffers.
 	size int
+	idle bool // the last step(false) found nothing to read
 }
 
 // relayGrowth bounds how far a direction's buffer grows past the
@@ -132,7 +175,43 @@ func (d *direction) adapt(n, have int) {
 
 // run copies until the direction ends.
 func (d *direction) run() {
-	for d.step() {
+	for d.step(true) {
+	}
+}
+
+// watch runs the direction from a goroutine that does not copy: it waits
+// until src is readable, then has a new goroutine copy until src has
+// nothing more, and waits for that one. Where src cannot be waited on
+// without reading (not a kernel socket), it copies itself, as run.
+func (d *direction) watch() {
+	if !d.lazy.canWait() {
+		d.run()
+		return
+	}
+	more := make(chan bool, 1)
+	for {
+		if err := d.lazy.wait(); err != nil {
+			d.abort()
+			return
+		}
+		go func() { more <- d.drainNow() }()
+		if !<-more {
+			return
+		}
+	}
+}
+
+// drainNow copies while src has something to read without waiting; it
+// reports whether the direction goes on.
+func (d *direction) drainNow() bool {
+	for {
+		d.idle = false
+		if !d.step(false) {
+			return false
+		}
+		if d.idle {
+			return true
+		}
 	}
 }
 
@@ -140,7 +219,7 @@ func (d *direction) run() {
 // direction goes on (false: it ended).
 func (d *direction) drain(rn ReadNotifier) bool {
 	for rn.ReadReady() {
-		if !d.step() {
+		if !d.step(true) {
 			return false
 		}
 	}
@@ -148,9 +227,14 @@ func (d *direction) drain(rn ReadNotifier) bool {
 }
 
 // step reads from src once and writes what it read to dst. It reports
-// whether the direction goes on.
-func (d *direction) step() bool {
-	bp, n, rerr := d.lazy.read()
+// whether the direction goes on. With wait false a read that would block
+// returns at once and sets d.idle.
+func (d *direction) step(wait bool) bool {
+	bp, n, rerr := d.lazy.read(wait)
+	if rerr == errWouldBlock {
+		d.idle = true
+		return true
+	}
 	if bp != nil {
 		d.adapt(n, len(*bp))
 	}
