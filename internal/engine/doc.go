@@ -17,7 +17,9 @@
 // A relay holds a buffer only while it copies (pooled, by size class;
 // bulk flows grow theirs up to 8 times the configured size) and, where the
 // client side can call back when readable (ReadNotifier), no goroutine for
-// that direction while it is idle. Datagrams from a client side that
+// that direction while it is idle. StartTCP (the TUN side's) does not keep
+// the caller's goroutine either: the outbound side is watched by one that
+// never copies, so an idle connection costs one small goroutine stack. Datagrams from a client side that
 // receives them on its own goroutine (PacketPusher) may be sent on that
 // goroutine when the outbound socket takes them at once (MetaTryWriter,
 // socks.TryWriter).
