@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 
+	"tungate/internal/benchtest"
 	"tungate/internal/leaktest"
 	"tungate/socks"
 )
@@ -23,35 +23,6 @@ func newBenchRig(tb testing.TB, out *fakeOut, mtu int) *rig {
 	tb.Helper()
 	gwDev, clientDev := newPipe(mtu)
 	return newRigOn(tb, out, gwDev, clientDev)
-}
-
-// benchConn is what both ends of a benchmark stream are: a gonet
-// connection on the client stack, or a kernel one at the sink.
-type benchConn interface {
-	net.Conn
-	CloseWrite() error
-}
-
-// benchStream writes chunk to w until stop is closed, then half-closes w
-// and sends the number of octets w accepted.
-func benchStream(w benchConn, chunk []byte, stop <-chan struct{}, wrote chan<- int64) {
-	var total int64
-	defer func() {
-		w.CloseWrite()
-		wrote <- total
-	}()
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		n, err := w.Write(chunk)
-		total += int64(n)
-		if err != nil {
-			return
-		}
-	}
 }
 
 // BenchmarkStackTCP measures bulk TCP through the gateway: a connection
@@ -97,45 +68,13 @@ func BenchmarkStackTCP(b *testing.B) {
 			}
 			defer sink.Close()
 
-			var writer, reader benchConn = client, sink
+			var writer, reader benchtest.HalfCloser = client, sink
 			if !tt.up {
 				writer, reader = sink, client
 			}
 			writer.SetDeadline(time.Now().Add(benchDeadline))
 			reader.SetDeadline(time.Now().Add(benchDeadline))
-			stop := make(chan struct{})
-			wrote := make(chan int64, 1)
-			go benchStream(writer, make([]byte, 64<<10), stop, wrote)
-
-			buf := make([]byte, chunk)
-			var read int64
-			b.ReportAllocs()
-			b.SetBytes(chunk)
-			for b.Loop() {
-				n, err := io.ReadFull(reader, buf)
-				read += int64(n)
-				if err != nil {
-					b.Fatalf("after %d octets: %v", read, err)
-				}
-			}
-			b.StopTimer()
-
-			// The writer's FIN comes through once everything it wrote
-			// has: all of it must arrive, and be counted.
-			close(stop)
-			rest, err := io.Copy(io.Discard, reader)
-			if err != nil {
-				b.Fatalf("draining: %v", err)
-			}
-			read += rest
-			written := <-wrote
-			if read != written {
-				b.Fatalf("read %d octets at the far end, %d were written", read, written)
-			}
-			reader.CloseWrite()
-			if _, err := io.Copy(io.Discard, writer); err != nil {
-				b.Fatalf("waiting for the writer's side to end: %v", err)
-			}
+			written := benchtest.Stream(b, writer, reader, chunk)
 			if tt.up {
 				waitCounts(b, r.eng, uint64(written), 0)
 			} else {

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"tungate/internal/benchtest"
 	"tungate/internal/engine"
 	"tungate/internal/leaktest"
 	"tungate/socks"
@@ -39,28 +39,6 @@ func benchLoopback(tb testing.TB) (dialed, accepted *net.TCPConn) {
 		tb.Fatal(err)
 	}
 	return dialed, accepted
-}
-
-// benchStream writes chunk to w until stop is closed, then half-closes w
-// and sends the number of octets w accepted.
-func benchStream(w *net.TCPConn, chunk []byte, stop <-chan struct{}, wrote chan<- int64) {
-	var total int64
-	defer func() {
-		w.CloseWrite()
-		wrote <- total
-	}()
-	for {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		n, err := w.Write(chunk)
-		total += int64(n)
-		if err != nil {
-			return
-		}
-	}
 }
 
 // BenchmarkRelayTCP measures the engine's TCP relay (Engine.ServeTCP with
@@ -120,40 +98,7 @@ func BenchmarkRelayTCP(b *testing.B) {
 			}
 			writer.SetDeadline(time.Now().Add(benchDeadline))
 			reader.SetDeadline(time.Now().Add(benchDeadline))
-			stop := make(chan struct{})
-			wrote := make(chan int64, 1)
-			go benchStream(writer, make([]byte, 64<<10), stop, wrote)
-
-			buf := make([]byte, chunk)
-			var read int64
-			b.ReportAllocs()
-			b.SetBytes(chunk)
-			for b.Loop() {
-				n, err := io.ReadFull(reader, buf)
-				read += int64(n)
-				if err != nil {
-					b.Fatalf("after %d octets: %v", read, err)
-				}
-			}
-			b.StopTimer()
-
-			// The writer's FIN comes through the relay once it has sent
-			// everything: all it wrote must arrive, and be counted.
-			close(stop)
-			rest, err := io.Copy(io.Discard, reader)
-			if err != nil {
-				b.Fatalf("draining: %v", err)
-			}
-			read += rest
-			written := <-wrote
-			if read != written {
-				b.Fatalf("read %d octets at the far end, %d were written", read, written)
-			}
-			// Then the other direction ends, and so does the flow.
-			reader.CloseWrite()
-			if _, err := io.Copy(io.Discard, writer); err != nil {
-				b.Fatalf("waiting for the writer's side to end: %v", err)
-			}
+			written := benchtest.Stream(b, writer, reader, chunk)
 			select {
 			case err := <-served:
 				if err != nil {
