@@ -428,10 +428,10 @@ func TestSessionIsolation(t *testing.T) {
 	roundTrip(t, c, "still served")
 }
 
-// TestLoopbackRefusedToRemoteClients: a client on another host may not
+// TestLoopbackRefusedToRemoteClients: a TCP client on another host may not
 // reach this host's loopback (or unspecified) addresses through a direct
-// outbound, by address or by name, over TCP or UDP; a client on this host
-// may.
+// outbound, by address or by name; a client on this host may. (UDP:
+// TestLoopbackRefusedUDP.)
 func TestLoopbackRefusedToRemoteClients(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
