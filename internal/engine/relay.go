@@ -16,14 +16,8 @@ import (
 // relayTCP copies both directions between client and up until both end.
 // An EOF in one direction is passed on as a half-close (FIN); a reset is
 // passed on as a reset. Any other failure, ctx ending, the idle timeout or
-// an admin's CLOSE FLOW aborts both.
-//
-// The direction from up to the client runs on the calling goroutine. The
-// one from the client runs on a goroutine of its own, except where the
-// client can call back when it has something to read (ReadNotifier, the
-// netstack's connections): then that direction holds no goroutine while
-// it is idle, only while there is something to copy. A held, idle TUN
-// connection thus costs one parked goroutine, not two.
+// an admin's CLOSE FLOW aborts both. The direction from up to the client
+// runs on the calling goroutine; the other as startRelay says.
 func (e *Engine) relayTCP(ctx context.Context, f *Flow, client, up net.Conn) {
 	r := e.startRelay(ctx, f, client, up)
 	r.downward.run()
@@ -51,7 +45,8 @@ type tcpRelay struct {
 	upward, downward *direction
 	abort            func()
 	upDone           chan struct{} // closed when the upward direction ended
-	stop, stopIdle   func()
+	stopCtx          func() bool   // undoes the context.AfterFunc abort
+	stopIdle         func()
 }
 
 // startRelay sets a relay up and starts its upward direction. The
@@ -71,8 +66,7 @@ func (e *Engine) startRelay(ctx context.Context, f *Flow, client, up net.Conn) *
 	}
 	f.SetAbort(abort)
 	r := &tcpRelay{abort: abort, upDone: make(chan struct{})}
-	stopCtx := context.AfterFunc(ctx, abort)
-	r.stop = func() { stopCtx() }
+	r.stopCtx = context.AfterFunc(ctx, abort)
 	r.stopIdle = watchIdle(f, e.settings.TCPIdleTimeout, abort)
 
 	ended := new(atomic.Int32)
@@ -106,7 +100,7 @@ func (e *Engine) startRelay(ctx context.Context, f *Flow, client, up net.Conn) *
 func (r *tcpRelay) end() {
 	<-r.upDone
 	r.abort()
-	r.stop()
+	r.stopCtx()
 	r.stopIdle()
 }
 
@@ -140,7 +134,6 @@ type direction struct {
 	// moves large blocks (fewer system calls, larger segments); an
 	// interactive or slow flow holds small buffers.
 	size int
-	idle bool // the last step(false) found nothing to read
 }
 
 // relayGrowth bounds how far a direction's buffer grows past the
@@ -175,7 +168,10 @@ func (d *direction) adapt(n, have int) {
 
 // run copies until the direction ends.
 func (d *direction) run() {
-	for d.step(true) {
+	for {
+		if more, _ := d.step(true); !more {
+			return
+		}
 	}
 }
 
@@ -205,12 +201,8 @@ func (d *direction) watch() {
 // reports whether the direction goes on.
 func (d *direction) drainNow() bool {
 	for {
-		d.idle = false
-		if !d.step(false) {
-			return false
-		}
-		if d.idle {
-			return true
+		if more, idle := d.step(false); !more || idle {
+			return more
 		}
 	}
 }
@@ -219,7 +211,7 @@ func (d *direction) drainNow() bool {
 // direction goes on (false: it ended).
 func (d *direction) drain(rn ReadNotifier) bool {
 	for rn.ReadReady() {
-		if !d.step(true) {
+		if more, _ := d.step(true); !more {
 			return false
 		}
 	}
@@ -227,13 +219,12 @@ func (d *direction) drain(rn ReadNotifier) bool {
 }
 
 // step reads from src once and writes what it read to dst. It reports
-// whether the direction goes on. With wait false a read that would block
-// returns at once and sets d.idle.
-func (d *direction) step(wait bool) bool {
+// whether the direction goes on, and, with wait false, whether the read
+// found nothing (idle) instead of waiting for data.
+func (d *direction) step(wait bool) (more, idle bool) {
 	bp, n, rerr := d.lazy.read(wait)
 	if rerr == errWouldBlock {
-		d.idle = true
-		return true
+		return true, true
 	}
 	if bp != nil {
 		d.adapt(n, len(*bp))
@@ -252,7 +243,7 @@ func (d *direction) step(wait bool) bool {
 				reset(d.src)
 			}
 			d.abort()
-			return false
+			return false, false
 		}
 		if d.upward {
 			d.f.AddUp(n)
@@ -263,7 +254,7 @@ func (d *direction) step(wait bool) bool {
 		putRelayBuf(bp)
 	}
 	if rerr == nil {
-		return true
+		return true, false
 	}
 	if errors.Is(rerr, io.EOF) {
 		if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
@@ -272,13 +263,13 @@ func (d *direction) step(wait bool) bool {
 			} else {
 				d.f.SetState(StateClosing)
 			}
-			return false
+			return false, false
 		}
 	} else if isReset(rerr) {
 		reset(d.dst)
 	}
 	d.abort()
-	return false
+	return false, false
 }
 
 // isReset reports whether err is the peer resetting the connection.
