@@ -20,7 +20,9 @@
 // when it has something to read, engine.ReadNotifier), and a UDP datagram
 // that finds the outbound socket ready is sent on the stack's own
 // goroutine (engine.PacketPusher), with no hand-off, strictly after any
-// datagram queued before it.
+// datagram queued before it. Datagrams the reader takes from the device
+// back to back wait in a batch per association until the device has
+// nothing more (the link's idle hook) and leave with one system call.
 //
 // This is the only package that sees gVisor types. It does not configure
 // the device, addresses or routes (package tun does), and it does not

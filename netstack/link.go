@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -53,6 +54,16 @@ type link struct {
 	// intercept, when set, sees inbound ICMP and ICMPv6 packets first and
 	// reports whether it consumed them. Set before start.
 	intercept func([]byte) bool
+
+	// idle, when set, is called by the reader whenever the device has no
+	// packet waiting, before it waits for one: work gathered while
+	// packets kept coming (datagrams to send as one batch) is finished
+	// there. Set before start.
+	idle func()
+	// delivering is true while the reader hands packets to the stack:
+	// work done then may be left to idle, which the reader calls before
+	// it next waits. Work done on other goroutines must not wait for it.
+	delivering atomic.Bool
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -135,6 +146,7 @@ func (l *link) readLoop() error {
 		l.mu.RLock()
 		l.gro.Dispatcher = l.dispatcher
 		l.mu.RUnlock()
+		l.delivering.Store(true)
 		for i := range n {
 			if sizes[i] > len(bufs[i])-l.headroom {
 				continue // truncated by the device: not a whole packet
@@ -146,6 +158,10 @@ func (l *link) readLoop() error {
 			// device split, typically) were coalesced: hand them up.
 			l.gro.Flush()
 		}
+		l.delivering.Store(false)
+		// This device's Read says nothing of what is waiting: each batch
+		// ends the work gathered from it.
+		l.goIdle()
 		if err != nil {
 			// wireguard's tun reports a batch too small for a large GRO
 			// packet as ErrTooManySegments after delivering what fit.
@@ -154,6 +170,13 @@ func (l *link) readLoop() error {
 			}
 			return l.readEnd(err)
 		}
+	}
+}
+
+// goIdle runs the idle hook, if any.
+func (l *link) goIdle() {
+	if l.idle != nil {
+		l.idle()
 	}
 }
 

@@ -174,6 +174,7 @@ func (s *Stack) configure(cfg Config) error {
 		return fwd.HandlePacket(id, pkt)
 	})
 	s.udp = newUDPMapper(s)
+	s.link.idle = s.udp.flush
 	s.stack.SetTransportProtocolHandler(udp.ProtocolNumber, s.udp.handle)
 	return nil
 }

@@ -29,6 +29,13 @@ type udpMapper struct {
 	mu     sync.Mutex
 	maps   map[netip.AddrPort]*udpMapping
 	closed bool
+
+	// bmu guards the mappings' batches and dirty, the mappings that have
+	// one. Datagrams the reader delivers wait in a batch until it finds
+	// the device idle (flush) or the batch is full, and leave with one
+	// system call.
+	bmu   sync.Mutex
+	dirty []*udpMapping
 }
 
 func newUDPMapper(s *Stack) *udpMapper {
@@ -67,13 +74,89 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	payload.Release()
 	d := datagram{dst: dst, buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)}
 	// The fast path: with nothing queued or being sent before it (so the
-	// order holds), the datagram leaves now if the outbound socket takes
-	// it. This is the only goroutine that queues, so nothing can be
-	// queued meanwhile.
-	if push := m.push.Load(); push != nil && m.pending.Load() == 0 && (*push)((*bp)[:n], dst, d.meta()) {
-		putDatagram(bp)
-		return true
+	// order holds), the datagram leaves on this goroutine if the outbound
+	// socket takes it: in a batch, when the reader delivers it (the
+	// reader sends the batch before it waits for the device), else now.
+	// This is the only goroutine that queues, so nothing can be queued
+	// meanwhile.
+	if push := m.push.Load(); push != nil && m.pending.Load() == 0 {
+		if u.s.link.delivering.Load() {
+			u.batch(m, d)
+			return true
+		}
+		if push.One((*bp)[:n], dst, d.meta()) {
+			putDatagram(bp)
+			return true
+		}
 	}
+	m.enqueue(d)
+	return true
+}
+
+// batch adds d to m's batch, which is sent when full or when the reader
+// goes idle.
+func (u *udpMapper) batch(m *udpMapping, d datagram) {
+	u.bmu.Lock()
+	defer u.bmu.Unlock()
+	if len(m.batch) == 0 {
+		u.dirty = append(u.dirty, m)
+	}
+	m.batch = append(m.batch, d)
+	if len(m.batch) == socks.MaxBatch {
+		m.flushBatch()
+	}
+}
+
+// flush sends every batch. It is the link's idle hook.
+func (u *udpMapper) flush() {
+	u.bmu.Lock()
+	defer u.bmu.Unlock()
+	for i, m := range u.dirty {
+		m.flushBatch()
+		u.dirty[i] = nil
+	}
+	u.dirty = u.dirty[:0]
+}
+
+// flushBatch sends m's batch as far as the outbound socket takes it at
+// once; the rest is queued for the relay, in order. u.bmu is held.
+func (m *udpMapping) flushBatch() {
+	if len(m.batch) == 0 {
+		return
+	}
+	taken := 0
+	if push := m.push.Load(); push != nil && !m.isClosed() {
+		for i, d := range m.batch {
+			m.ds[i] = socks.Datagram{Buf: (*d.buf)[:d.n], Addr: d.dst}
+			m.metas[i] = d.meta()
+		}
+		taken = push.Batch(m.ds[:len(m.batch)], m.metas[:len(m.batch)])
+		clear(m.ds[:len(m.batch)])
+	}
+	for _, d := range m.batch[:taken] {
+		putDatagram(d.buf)
+	}
+	for _, d := range m.batch[taken:] {
+		m.enqueue(d)
+	}
+	clear(m.batch)
+	m.batch = m.batch[:0]
+}
+
+// enqueue queues d for the relay's ReadFrom, or drops it when the queue
+// is full.
+func (m *udpMapping) enqueue(d datagram) {
+	m.qmu.Lock()
+	if m.ended {
+		ans := m.endAnswer
+		m.qmu.Unlock()
+		if ans != nil {
+			m.answer(d, *ans)
+		}
+		putDatagram(d.buf)
+		return
+	}
+	defer m.qmu.Unlock()
 	m.pending.Add(1)
 	select {
 	case m.in <- d:
@@ -82,9 +165,8 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 		// buffer would, and count it.
 		m.pending.Add(-1)
 		m.dropped.Add(1)
-		putDatagram(bp)
+		putDatagram(d.buf)
 	}
-	return true
 }
 
 func isBroadcast(ip netip.Addr) bool {
@@ -139,16 +221,28 @@ type udpMapping struct {
 	in     chan datagram
 	// dropped counts datagrams lost because the queue was full.
 	dropped atomic.Uint64
-	// push, when the engine gave one (engine.PacketPusher), sends a
-	// datagram out on the stack's goroutine if the outbound socket takes
-	// it at once.
-	push atomic.Pointer[func([]byte, socks.Addr, engine.Meta) bool]
+	// push, when the engine gave one (engine.PacketPusher), sends
+	// datagrams out on the stack's goroutine if the outbound socket takes
+	// them at once.
+	push atomic.Pointer[engine.Push]
+	// batch: datagrams the reader delivered, to be pushed as one batch;
+	// ds and metas are flushBatch's scratch. Guarded by u.bmu.
+	batch []datagram
+	ds    [socks.MaxBatch]socks.Datagram
+	metas [socks.MaxBatch]engine.Meta
 	// pending counts datagrams queued and not yet sent: the one ReadFrom
 	// returned last counts until the next ReadFrom, which the relay calls
 	// once it has sent it.
 	pending atomic.Int64
 	// returned: the relay has a datagram from ReadFrom; its goroutine only.
 	returned bool
+
+	// qmu orders enqueue against the end of serve: once ended, a late
+	// datagram is answered with endAnswer (when the association could not
+	// be set up) or dropped, by enqueue itself.
+	qmu       sync.Mutex
+	ended     bool
+	endAnswer *Answer
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -224,6 +318,14 @@ func (m *udpMapping) serve() {
 	if err != nil && !ready {
 		ans = AnswerFor(socks.ReplyFromError(err))
 	}
+	// From here on enqueue takes no more datagrams: it answers (or drops)
+	// one that comes late itself, so none waits in m.in for nobody.
+	m.qmu.Lock()
+	m.ended = true
+	if err != nil && !ready {
+		m.endAnswer = &ans
+	}
+	m.qmu.Unlock()
 	for {
 		select {
 		case d := <-m.in:
@@ -334,13 +436,7 @@ func (m *udpMapping) WriteTo(b []byte, from socks.Addr) (int, error) {
 }
 
 // SetPush implements engine.PacketPusher.
-func (m *udpMapping) SetPush(push func([]byte, socks.Addr, engine.Meta) bool) {
-	if push == nil {
-		m.push.Store(nil)
-		return
-	}
-	m.push.Store(&push)
-}
+func (m *udpMapping) SetPush(p *engine.Push) { m.push.Store(p) }
 
 var _ engine.PacketPusher = (*udpMapping)(nil)
 

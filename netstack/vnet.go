@@ -24,12 +24,30 @@ const (
 	vnetGSOECNBit = 0x80
 )
 
+// idleVnetReader is implemented by vnetReaders that can say when no frame
+// is waiting (tun.Device): the link's idle hook runs then, and not after
+// every frame.
+type idleVnetReader interface {
+	ReadVnetIdle(frame []byte, idle func()) (int, error)
+}
+
 // readVnetLoop is the reader for a vnetReader device: one frame per read.
 func (l *link) readVnetLoop(r vnetReader) error {
 	frame := make([]byte, vnetHdrLen+maxPacket)
 	var scratch []byte // for USO segments
+	since := 0         // frames since the idle hook ran
+	read, idleEach := r.ReadVnet, true
+	if ir, ok := r.(idleVnetReader); ok {
+		read = func(frame []byte) (int, error) {
+			return ir.ReadVnetIdle(frame, func() {
+				l.goIdle()
+				since = 0
+			})
+		}
+		idleEach = false
+	}
 	for {
-		n, err := r.ReadVnet(frame)
+		n, err := read(frame)
 		if err != nil {
 			return l.readEnd(err)
 		}
@@ -39,9 +57,22 @@ func (l *link) readVnetLoop(r vnetReader) error {
 		l.mu.RLock()
 		l.gro.Dispatcher = l.dispatcher
 		l.mu.RUnlock()
+		l.delivering.Store(true)
 		scratch = l.deliverFrame(frame[:n], scratch)
+		l.delivering.Store(false)
+		// A device that stays busy does not hold the work gathered
+		// from it for longer than a few frames.
+		if since++; idleEach || since == idleEveryFrames {
+			l.goIdle()
+			since = 0
+		}
 	}
 }
+
+// idleEveryFrames bounds the frames the reader delivers between two calls
+// of the idle hook while the device never runs dry: a datagram waits in a
+// batch for at most that many frames (about a hundred microseconds).
+const idleEveryFrames = 32
 
 // deliverFrame hands the packet of one virtio-net frame to the stack: as
 // it is, TSO super-packets included (their IP length covers the whole

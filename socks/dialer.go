@@ -10,6 +10,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"tungate/internal/udpbatch"
 )
 
 // Hop is one upstream SOCKS5 proxy of a chain.
@@ -389,6 +391,10 @@ type upstreamPacketConn struct {
 	relays []Addr         // relay of each hop, as that hop gave it
 	first  netip.AddrPort // relays[0] as a socket address
 
+	reader    *udpbatch.Reader // ReadBatch's, made by its first call
+	sender    hopSender        // WriteBatch's
+	trySender hopSender        // TryWriteBatch's
+
 	once sync.Once
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -410,20 +416,11 @@ func (p *upstreamPacketConn) WriteTo(b []byte, dst Addr) (int, error) {
 }
 
 // encapsulate appends to pkt the datagram b to dst as hop 1's relay takes
-// it: one header per hop, outermost first (hop 1 must forward to relay 2,
-// ..., hop N to dst), then b.
+// it: its headers, then b.
 func (p *upstreamPacketConn) encapsulate(pkt, b []byte, dst Addr) ([]byte, error) {
-	var err error
-	for i := 1; i < len(p.relays); i++ {
-		if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: p.relays[i]}); err != nil {
-			return nil, err
-		}
-	}
-	if pkt, err = AppendUDPHeader(pkt, UDPHeader{Addr: dst}); err != nil {
+	pkt, err := p.headers(pkt, len(b), dst)
+	if err != nil {
 		return nil, err
-	}
-	if len(pkt)+len(b) > cap(pkt) {
-		return nil, fmt.Errorf("socks: datagram of %d bytes too large to encapsulate", len(b))
 	}
 	return append(pkt, b...), nil
 }
@@ -444,22 +441,11 @@ func (p *upstreamPacketConn) ReadFrom(b []byte) (int, Addr, error) {
 		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != p.first {
 			continue
 		}
-		off := 0
-		var src Addr
-		ok := true
-		for range p.relays {
-			h, m, err := ParseUDPHeader(b[off:n])
-			if err != nil {
-				ok = false
-				break
-			}
-			off += m
-			src = h.Addr
-		}
+		payload, src, ok := p.decapsulate(b[:n])
 		if !ok {
 			continue
 		}
-		return copy(b, b[off:n]), src, nil
+		return copy(b, payload), src, nil
 	}
 }
 

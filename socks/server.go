@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"tungate/internal/udpbatch"
 )
 
 // PacketConn is a datagram endpoint that addresses peers by SOCKS address,
@@ -423,6 +425,11 @@ type clientRelay struct {
 	// malformed.
 	dropped atomic.Uint64
 	once    sync.Once
+
+	reader *udpbatch.Reader // ReadBatch's, made by its first call
+	writer *udpbatch.Writer // WriteBatch's, made by its first call
+	msgs   [MaxBatch]udpbatch.Message
+	heads  [MaxBatch][MaxUDPHeaderLen]byte // the headers of WriteBatch's datagrams
 }
 
 func newClientRelay(uc *net.UDPConn, sess *Session) *clientRelay {

@@ -395,6 +395,49 @@ func (d *Device) WriteVnet(frames [][]byte) (int, error) {
 	return len(frames), nil
 }
 
+// ReadVnetIdle is ReadVnet that calls idle, on the caller's goroutine,
+// each time it finds no frame waiting and is about to wait for one. A
+// caller that gathers work while frames keep coming (datagrams to send as
+// one batch) finishes it there, and never leaves it waiting longer than
+// the device is busy.
+func (d *Device) ReadVnetIdle(frame []byte, idle func()) (int, error) {
+	if d.vnet == nil {
+		return 0, errNoVnet
+	}
+	rc, err := d.vnet.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("tun: %s: %w", d.name, err)
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), frame)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			idle()
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		// The poller's own errors (poll.ErrFileClosing, not os.ErrClosed)
+		// all mean the descriptor is closed or closing: no deadline is
+		// ever set on it.
+		return 0, os.ErrClosed
+	case errors.Is(rerr, unix.EBADFD):
+		// The device was closed under the read.
+		return 0, os.ErrClosed
+	case rerr != nil:
+		return 0, fmt.Errorf("tun: %s: %w", d.name, rerr)
+	}
+	return n, nil
+}
+
 // ReadVnet reads one frame as the kernel hands it over: a 10-byte
 // virtio-net header followed by an IP packet, which may be a TSO or USO
 // super-packet of up to 64 KiB, not split. It is for a caller that can

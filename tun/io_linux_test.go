@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +346,109 @@ func TestReadWrite(t *testing.T) {
 				t.Errorf("with USO the GSO send should come out of one Read as 3 packets; at most %d per Read", *most)
 			}
 		})
+	}
+}
+
+// TestReadVnetIdle: ReadVnetIdle calls idle only when no frame is waiting,
+// before it waits, and returns os.ErrClosed once the device is closed.
+func TestReadVnetIdle(t *testing.T) {
+	requireRoot(t)
+	ns := newNetns(t)
+	defer enterNetns(t, ns)()
+	d, err := Open(Config{Name: "tgt0", FD: -1, Addrs: pfx("198.18.0.1/30")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !d.VnetHdr() {
+		t.Skipf("no virtio-net headers on this device (%s)", d.Offloads())
+	}
+	ipn(t, ns, "route", "add", "198.18.9.0/24", "dev", "tgt0")
+	sock, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	remote := netip.MustParseAddrPort("198.18.9.9:5000")
+
+	type result struct {
+		frame []byte
+		idles int
+		err   error
+	}
+	read := func() chan result {
+		ch := make(chan result, 1)
+		go func() {
+			frame := make([]byte, MaxHeadroom+65535)
+			idles := 0
+			n, err := d.ReadVnetIdle(frame, func() { idles++ })
+			ch <- result{frame[:n], idles, err}
+		}()
+		return ch
+	}
+	get := func(ch chan result) result {
+		t.Helper()
+		select {
+		case r := <-ch:
+			return r
+		case <-time.After(5 * time.Second):
+			t.Fatal("ReadVnetIdle did not return")
+		}
+		return result{}
+	}
+	ours := func(r result) bool {
+		p, ok := parsePacket(r.frame[min(len(r.frame), 10):])
+		return ok && p.proto == unix.IPPROTO_UDP && p.dst == remote.Addr()
+	}
+
+	// Three datagrams queued before the reads: each read finds one
+	// waiting and does not call idle.
+	for i := range 3 {
+		if _, err := sock.WriteToUDPAddrPort([]byte{byte(i)}, remote); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for got := 0; got < 3; {
+		r := get(read())
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.idles != 0 {
+			t.Fatalf("idle called %d times with frames waiting", r.idles)
+		}
+		if ours(r) {
+			got++
+		}
+	}
+	// Nothing waiting: idle before the wait, then the next frame.
+	ch := read()
+	time.Sleep(20 * time.Millisecond)
+	if _, err := sock.WriteToUDPAddrPort([]byte("late"), remote); err != nil {
+		t.Fatal(err)
+	}
+	idles := 0
+	for tries := 0; ; tries++ {
+		r := get(ch)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		idles += r.idles // another packet of the kernel's may come first
+		if ours(r) {
+			if idles == 0 {
+				t.Error("read that had to wait did not call idle")
+			}
+			break
+		}
+		if tries == 10 {
+			t.Fatal("the datagram did not come out")
+		}
+		ch = read()
+	}
+	// Closed under a waiting read.
+	ch = read()
+	time.Sleep(20 * time.Millisecond)
+	d.Close()
+	if r := get(ch); !errors.Is(r.err, os.ErrClosed) {
+		t.Errorf("ReadVnetIdle on a closed device: %v, want os.ErrClosed", r.err)
 	}
 }

@@ -19,10 +19,14 @@
 // client side can call back when readable (ReadNotifier), no goroutine for
 // that direction while it is idle. StartTCP (the TUN side's) does not keep
 // the caller's goroutine either: the outbound side is watched by one that
-// never copies, so an idle connection costs one small goroutine stack. Datagrams from a client side that
-// receives them on its own goroutine (PacketPusher) may be sent on that
-// goroutine when the outbound socket takes them at once (MetaTryWriter,
-// socks.TryWriter).
+// never copies, so an idle connection costs one small goroutine stack.
+// Datagrams from a client side that receives them on its own goroutine
+// (PacketPusher) may be sent on that goroutine, one by one or in batches,
+// when the outbound socket takes them at once (MetaTryWriter,
+// MetaBatchTryWriter, socks.TryWriter, socks.BatchTryWriter). Endpoints
+// that read and send batches (socks.BatchReader, socks.BatchWriter: the
+// SOCKS5 server's relay socket, the outbound sockets) are relayed a batch
+// per system call.
 //
 // The engine does not parse any protocol and does not decide who may use
 // it: authentication belongs to the SOCKS5 server, and routing to the TUN

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tungate/socks"
+
+	"tungate/internal/udpbatch"
 )
 
 // Layout of struct sock_extended_err (linux/errqueue.h).
@@ -319,6 +321,63 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 		return 0, true, pe
 	}
 	return 0, true, err
+}
+
+// TryWriteBatchMeta implements MetaBatchTryWriter: TryWriteToMeta for a
+// batch, with one system call for each run of datagrams that share a
+// don't-fragment setting (a socket option, not a per-datagram one). A
+// datagram the batch call refused is tried again on its own by
+// TryWriteToMeta, which knows what the socket's errors mean.
+func (p *directPacketConn) TryWriteBatchMeta(ds []socks.Datagram, metas []Meta) (int, error) {
+	if p.tryWriter == nil {
+		var err error
+		if p.tryWriter, err = udpbatch.NewWriter(p.uc); err != nil {
+			return 0, err
+		}
+	}
+	taken := 0
+	for taken < len(ds) {
+		// The run: IP destinations (names need WriteToMeta, which
+		// resolves), allowed ones, one don't-fragment setting.
+		df := metas[taken].DontFragment
+		ms := p.tryMsgs[:0]
+		var stop error
+		for i := taken; i < len(ds) && len(ms) < socks.MaxBatch && metas[i].DontFragment == df; i++ {
+			ap, ok := ds[i].Addr.AddrPort()
+			if !ok {
+				break
+			}
+			if p.remote && hostOnly(ap.Addr()) {
+				stop = ErrLoopbackRefused
+				break
+			}
+			var oob []byte
+			if metas[i].TTL > 0 {
+				oob = TTLControl(ap.Addr().Unmap().Is4(), metas[i].TTL)
+			}
+			ms = append(ms, udpbatch.Message{Buf: ds[i].Buf, OOB: oob, Addr: ap})
+		}
+		if len(ms) == 0 {
+			return taken, stop // nil: ds[taken] goes the ordinary way
+		}
+		p.setDontFragment(df)
+		n, err := p.tryWriter.TryWrite(ms)
+		taken += n
+		switch {
+		case errors.Is(err, udpbatch.ErrWouldBlock):
+			return taken, nil
+		case err != nil:
+			_, done, err := p.TryWriteToMeta(ds[taken].Buf, ds[taken].Addr, metas[taken])
+			if !done {
+				return taken, nil
+			}
+			if err != nil {
+				return taken, err
+			}
+			taken++
+		}
+	}
+	return taken, nil
 }
 
 // maxHandedOver bounds the errors waiting for the reader.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"tungate/socks"
+
+	"tungate/internal/udpbatch"
 )
 
 // Outbound is where flows leave the gateway: straight to the destination
@@ -124,6 +126,14 @@ type directPacketConn struct {
 	dfSet atomic.Bool // df has been applied to the socket
 	v6DO  atomic.Bool // IPv6 path MTU discovery set to "do"
 
+	reader *udpbatch.Reader // ReadBatch's, made by its first call
+	writer *udpbatch.Writer // WriteBatch's, made by its first call
+	msgs   [socks.MaxBatch]udpbatch.Message
+	// TryWriteBatchMeta's: the netstack's goroutine pushes while the
+	// relay's writes the datagrams that had to wait.
+	tryWriter *udpbatch.Writer
+	tryMsgs   [socks.MaxBatch]udpbatch.Message
+
 	mu     sync.Mutex
 	names  map[string]netip.Addr // names this association sent to
 	handed []*PacketError        // drained by the writer, for the reader
@@ -142,17 +152,56 @@ func (p *directPacketConn) ReadFrom(b []byte) (int, socks.Addr, error) {
 		if err == nil {
 			return n, socks.AddrFromAddrPort(from), nil
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The writer woke us with errors it drained (handOver).
-			p.uc.SetReadDeadline(time.Time{})
-			p.pending = append(p.pending, p.takeHanded()...)
-			continue
-		}
-		if !p.recvErr || !IsQueuedError(err) {
+		if !p.readError(err) {
 			return 0, socks.Addr{}, err
 		}
-		p.pending = DrainErrQueue(p.uc)
 	}
+}
+
+// ReadBatch implements socks.BatchReader, as ReadFrom does: an ICMP error
+// comes back alone, as the error.
+func (p *directPacketConn) ReadBatch(ds []socks.Datagram) (int, error) {
+	if p.reader == nil {
+		var err error
+		if p.reader, err = udpbatch.NewReader(p.uc); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		if len(p.pending) > 0 {
+			pe := p.pending[0]
+			p.pending = p.pending[1:]
+			return 0, pe
+		}
+		n, err := p.reader.Read(len(ds))
+		if err == nil {
+			for i := range n {
+				b, from := p.reader.Datagram(i)
+				ds[i] = socks.Datagram{Buf: b, Addr: socks.AddrFromAddrPort(from)}
+			}
+			return n, nil
+		}
+		if !p.readError(err) {
+			return 0, err
+		}
+	}
+}
+
+// readError takes in what a failed read means and reports whether to read
+// again: the writer's wake-up (a deadline in the past, set by handOver)
+// and the socket's pending ICMP error put errors in p.pending; anything
+// else ends the read.
+func (p *directPacketConn) readError(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		p.uc.SetReadDeadline(time.Time{})
+		p.pending = append(p.pending, p.takeHanded()...)
+		return true
+	}
+	if !p.recvErr || !IsQueuedError(err) {
+		return false
+	}
+	p.pending = DrainErrQueue(p.uc)
+	return true
 }
 
 func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
@@ -162,6 +211,44 @@ func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
 	}
 	// On a dual-stack socket the runtime maps IPv4 destinations.
 	return p.send(b, nil, ap)
+}
+
+// WriteBatch implements socks.BatchWriter. A datagram the batch could not
+// send is tried once more on its own, the way WriteTo sends, which knows
+// what the socket's pending errors mean.
+func (p *directPacketConn) WriteBatch(ds []socks.Datagram) (int, error) {
+	if p.writer == nil {
+		var err error
+		if p.writer, err = udpbatch.NewWriter(p.uc); err != nil {
+			return 0, err
+		}
+	}
+	sent := 0
+	for sent < len(ds) {
+		ms := p.msgs[:0]
+		var rerr error
+		for _, d := range ds[sent:min(len(ds), sent+socks.MaxBatch)] {
+			ap, err := p.resolveDst(d.Addr)
+			if err != nil {
+				rerr = err
+				break
+			}
+			ms = append(ms, udpbatch.Message{Buf: d.Buf, Addr: ap})
+		}
+		n, err := p.writer.Write(ms)
+		sent += n
+		if err != nil {
+			if _, err := p.send(ds[sent].Buf, nil, ms[n].Addr); err != nil {
+				return sent, err
+			}
+			sent++
+			continue
+		}
+		if rerr != nil {
+			return sent, rerr
+		}
+	}
+	return sent, nil
 }
 
 // WriteToMeta implements MetaWriter: the TTL goes with the datagram, and

@@ -334,6 +334,14 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 	go func() {
 		defer wg.Done()
 		defer abort()
+		// Without Meta to carry, endpoints that move batches do (the
+		// SOCKS5 server's relay socket out to a kernel socket).
+		if br, ok := client.(socks.BatchReader); ok && !withMeta {
+			if bw, ok := out.(socks.BatchWriter); ok {
+				up.batches(br, bw)
+				return
+			}
+		}
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
@@ -363,10 +371,14 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 	}()
 	func() {
 		defer abort()
+		reporter, _ := client.(ErrorReporter)
+		if br, ok := out.(socks.BatchReader); ok {
+			e.downBatches(f, br, client, reporter)
+			return
+		}
 		bp := getPacketBuf()
 		defer putPacketBuf(bp)
 		buf := *bp
-		reporter, _ := client.(ErrorReporter)
 		for {
 			n, from, err := out.ReadFrom(buf)
 			var pe *PacketError
@@ -391,6 +403,57 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		}
 	}()
 	wg.Wait()
+}
+
+// downBatches is the outbound-to-client half of a UDP relay for an
+// outbound endpoint that reads batches: each batch goes to the client as
+// one batch where the client side takes them (the SOCKS5 server's relay
+// socket), else datagram by datagram (the netstack). It returns when
+// either side is closed.
+func (e *Engine) downBatches(f *Flow, br socks.BatchReader, client socks.PacketConn, reporter ErrorReporter) {
+	bw, _ := client.(socks.BatchWriter)
+	var ds [socks.MaxBatch]socks.Datagram
+	for {
+		n, err := br.ReadBatch(ds[:])
+		var pe *PacketError
+		if errors.As(err, &pe) {
+			e.log.Debug("ICMP error", "flow", f.ID, "dst", pe.Dst.String(), "from", pe.Offender.String(), "type", pe.Type, "code", pe.Code)
+			if reporter != nil {
+				reporter.ReportPacketError(pe)
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+		if bw != nil {
+			for batch := ds[:n]; len(batch) > 0; {
+				k, err := bw.WriteBatch(batch)
+				for _, d := range batch[:k] {
+					f.AddDown(len(d.Buf))
+				}
+				if err == nil {
+					break
+				}
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				e.log.Debug("datagram dropped", "flow", f.ID, "src", batch[k].Addr.String(), "err", err)
+				batch = batch[k+1:]
+			}
+			continue
+		}
+		for _, d := range ds[:n] {
+			if _, err := client.WriteTo(d.Buf, d.Addr); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				e.log.Debug("datagram dropped", "flow", f.ID, "src", d.Addr.String(), "err", err)
+				continue
+			}
+			f.AddDown(len(d.Buf))
+		}
+	}
 }
 
 // upSender is the client-to-outbound half of a UDP relay: what happens
@@ -427,38 +490,122 @@ func (u *upSender) sent(b []byte, dst socks.Addr, err error) bool {
 	return true
 }
 
-// pusher returns the push function for a PacketPusher, or nil when the
-// outbound side cannot send without blocking.
-func (u *upSender) pusher() func(b []byte, dst socks.Addr, meta Meta) bool {
+// batches carries the datagrams of a client side that reads batches to an
+// outbound side that sends them, until either is closed.
+func (u *upSender) batches(br socks.BatchReader, bw socks.BatchWriter) {
+	var ds [socks.MaxBatch]socks.Datagram
+	for {
+		n, err := br.ReadBatch(ds[:])
+		if err != nil {
+			return
+		}
+		for batch := ds[:n]; len(batch) > 0; {
+			k, err := bw.WriteBatch(batch)
+			for _, d := range batch[:k] {
+				u.sent(d.Buf, d.Addr, nil)
+			}
+			if err == nil {
+				break
+			}
+			if !u.sent(batch[k].Buf, batch[k].Addr, err) {
+				return
+			}
+			batch = batch[k+1:]
+		}
+	}
+}
+
+// pusher returns the Push for a PacketPusher, or nil when the outbound
+// side cannot send without blocking.
+func (u *upSender) pusher() *Push {
+	var one func(b []byte, dst socks.Addr, meta Meta) bool
+	var batch func(ds []socks.Datagram, metas []Meta) (int, error)
 	if tw, ok := u.out.(MetaTryWriter); ok && u.metaOut != nil {
-		return func(b []byte, dst socks.Addr, meta Meta) bool {
+		one = func(b []byte, dst socks.Addr, meta Meta) bool {
 			_, done, err := tw.TryWriteToMeta(b, dst, meta)
 			if done {
 				u.sent(b, dst, err)
 			}
 			return done
 		}
-	}
-	if tw, ok := u.out.(socks.TryWriter); ok {
-		return func(b []byte, dst socks.Addr, _ Meta) bool {
+		if bw, ok := u.out.(MetaBatchTryWriter); ok {
+			batch = bw.TryWriteBatchMeta
+		}
+	} else if tw, ok := u.out.(socks.TryWriter); ok {
+		one = func(b []byte, dst socks.Addr, _ Meta) bool {
 			_, done, err := tw.TryWriteTo(b, dst)
 			if done {
 				u.sent(b, dst, err)
 			}
 			return done
 		}
+		if bw, ok := u.out.(socks.BatchTryWriter); ok {
+			batch = func(ds []socks.Datagram, _ []Meta) (int, error) { return bw.TryWriteBatch(ds) }
+		}
+	} else {
+		return nil
 	}
-	return nil
+	p := &Push{One: one}
+	if batch == nil {
+		p.Batch = func(ds []socks.Datagram, metas []Meta) int {
+			for i, d := range ds {
+				if !one(d.Buf, d.Addr, metas[i]) {
+					return i
+				}
+			}
+			return len(ds)
+		}
+		return p
+	}
+	p.Batch = func(ds []socks.Datagram, metas []Meta) int {
+		taken := 0
+		for taken < len(ds) {
+			n, err := batch(ds[taken:], metas[taken:])
+			for _, d := range ds[taken : taken+n] {
+				u.sent(d.Buf, d.Addr, nil)
+			}
+			taken += n
+			if err == nil {
+				// All sent, or ds[taken] needs the ordinary path.
+				break
+			}
+			u.sent(ds[taken].Buf, ds[taken].Addr, err)
+			taken++
+		}
+		return taken
+	}
+	return p
+}
+
+// Push is what the engine gives a PacketPusher: functions that send
+// datagrams out on the caller's goroutine when the outbound socket takes
+// them at once, accounting for each as the relay would. A datagram they
+// did not take goes the ordinary way, through ReadFrom, in order.
+type Push struct {
+	// One sends one datagram and reports whether it took it (sent it, or
+	// it failed for good and was accounted for).
+	One func(b []byte, dst socks.Addr, meta Meta) bool
+	// Batch sends ds, each with the Meta of the same index, in order, and
+	// returns how many it took; it stops at the first it cannot take.
+	// Where the outbound side can, the batch leaves with one system call.
+	Batch func(ds []socks.Datagram, metas []Meta) int
 }
 
 // PacketPusher is implemented by client-side packet endpoints that receive
 // datagrams on a goroutine of their own (the netstack's UDP mappings). The
-// engine gives them push, which sends one datagram out on the caller's
-// goroutine if the outbound socket takes it at once, accounting for it as
-// the relay would, and reports whether it did; a datagram it did not take
-// goes the ordinary way, through ReadFrom. SetPush(nil) withdraws it.
+// engine gives them a Push; SetPush(nil) withdraws it.
 type PacketPusher interface {
-	SetPush(push func(b []byte, dst socks.Addr, meta Meta) bool)
+	SetPush(p *Push)
+}
+
+// MetaBatchTryWriter is implemented by outbound endpoints that can send a
+// batch of datagrams with their Meta without blocking. It returns how many
+// it sent, in order; when that is fewer than len(ds), err is the error of
+// ds[n], which is done with, or nil when ds[n] was not sent and needs the
+// ordinary path (the socket was full, or the datagram needs what only
+// WriteToMeta does).
+type MetaBatchTryWriter interface {
+	TryWriteBatchMeta(ds []socks.Datagram, metas []Meta) (n int, err error)
 }
 
 // MetaTryWriter is implemented by outbound endpoints that can send a

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -306,4 +307,74 @@ func TestUDPAssociateFailureReplied(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != socks.ReplyCommandNotSupported {
 		t.Fatalf("UDP ASSOCIATE through a hop without UDP: %v; want command not supported", err)
 	}
+}
+
+// TestUDPBurstThroughChain: a burst of datagrams, more than a batch, each
+// of its own size, through two gateways (the SOCKS5 server's relay and the
+// outbound sockets move batches) and back: all arrive, whole, in order,
+// and both gateways count every payload byte.
+func TestUDPBurstThroughChain(t *testing.T) {
+	checkLeaks(t)
+	peer := newUDPPeer(t)
+	last := startGateway(t, &engine.Direct{})
+	up, _ := engine.NewUpstream([]socks.Hop{hop(last)}, nil)
+	first := startGateway(t, up)
+
+	const count = 100 // with at most 500 bytes each, within default socket buffers
+	msg := func(i int) []byte {
+		b := make([]byte, i*5)
+		for j := range b {
+			b[j] = byte(i + j)
+		}
+		return b
+	}
+	d := &socks.Dialer{Hops: []socks.Hop{hop(first)}}
+	pc, err := d.ListenPacket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	echoed := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		for i := range count {
+			peer.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, from, err := peer.c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				echoed <- fmt.Errorf("peer, datagram %d: %w", i, err)
+				return
+			}
+			if _, err := peer.c.WriteToUDPAddrPort(buf[:n], from); err != nil {
+				echoed <- err
+				return
+			}
+		}
+		echoed <- nil
+	}()
+	var want uint64
+	for i := range count {
+		if _, err := pc.WriteTo(msg(i), peer.addr); err != nil {
+			t.Fatal(err)
+		}
+		want += uint64(len(msg(i)))
+	}
+	for i := range count {
+		got, from := readPacket(t, pc)
+		if got != string(msg(i)) || from != peer.addr {
+			t.Fatalf("datagram %d: %d bytes from %v, want %d bytes from %v", i, len(got), from, len(msg(i)), peer.addr)
+		}
+	}
+	if err := <-echoed; err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []*gateway{first, last} {
+		waitFor(t, "byte counts", func() bool {
+			m := g.eng.Registry().Metrics()
+			return m.BytesUp == want && m.BytesDown == want
+		})
+	}
+	pc.Close()
+	waitFor(t, "associations to end", func() bool {
+		return first.eng.Registry().Metrics().Concurrent == 0 && last.eng.Registry().Metrics().Concurrent == 0
+	})
 }

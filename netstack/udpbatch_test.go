@@ -1,0 +1,311 @@
+package netstack
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"tungate/internal/engine"
+	"tungate/socks"
+)
+
+// batchState steers the fakeBatchPCs of a fakeOut.
+type batchState struct {
+	mu    sync.Mutex
+	calls []int // len(ds) of each TryWriteBatchMeta call
+	// gate, when set, holds the next call (after closing entered) until
+	// it is closed: meanwhile the test queues packets on the device.
+	gate, entered chan struct{}
+	// script answers the calls after the gate, one each: how many of n
+	// datagrams the socket takes, and the error of the next one. Calls
+	// past the script take everything.
+	script []func(n int) (int, error)
+}
+
+// fakeBatchPC is a fakeTryPC that can also send batches.
+type fakeBatchPC struct {
+	*fakeTryPC
+	st *batchState
+}
+
+func (p *fakeBatchPC) TryWriteBatchMeta(ds []socks.Datagram, metas []engine.Meta) (int, error) {
+	st := p.st
+	st.mu.Lock()
+	st.calls = append(st.calls, len(ds))
+	gate, entered := st.gate, st.entered
+	st.gate = nil
+	var answer func(int) (int, error)
+	if gate == nil && len(st.script) > 0 {
+		answer, st.script = st.script[0], st.script[1:]
+	}
+	st.mu.Unlock()
+	if gate != nil {
+		close(entered)
+		<-gate
+	}
+	n, err := len(ds), error(nil)
+	if answer != nil {
+		n, err = answer(len(ds))
+	}
+	for i := range n {
+		p.sent <- fakeDatagram{data: string(ds[i].Buf), addr: ds[i].Addr, ttl: metas[i].TTL, df: metas[i].DontFragment}
+	}
+	return n, err
+}
+
+// TestUDPPushBatch: datagrams that the reader delivers back to back leave
+// as one batch when it finds the device idle, or as soon as a batch is
+// full; what the socket did not take waits in the mapping's queue, and a
+// datagram that failed is answered with its ICMP error while the rest of
+// its batch goes on. Every datagram that was not refused arrives, in the
+// order sent.
+func TestUDPPushBatch(t *testing.T) {
+	checkLeaks(t)
+	st := &batchState{}
+	out := &fakeOut{newPC: make(chan *fakePC, 4), try: &tryState{}, batch: st}
+	gwDev, clientDev := newPipe(1500)
+	gw, err := New(gwDev, engine.New(out, nil, nil), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		gw.Close()
+		clientDev.Close()
+	}()
+	src, dst := netip.AddrPortFrom(clientV4, 41000), netip.AddrPortFrom(serverV4, 9)
+	msg := func(i int) string { return fmt.Sprintf("datagram %02d", i) }
+	send := func(from, to int) {
+		t.Helper()
+		var bufs [][]byte
+		for i := from; i < to; i++ {
+			bufs = append(bufs, append(make([]byte, clientDev.Headroom()), udpProbe(t, src, dst, 64, msg(i))...))
+		}
+		if _, err := clientDev.Write(bufs, clientDev.Headroom()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pc *fakePC
+	receive := func(want ...int) {
+		t.Helper()
+		for _, i := range want {
+			select {
+			case d := <-pc.sent:
+				if d.data != msg(i) {
+					t.Fatalf("got %q, want %q", d.data, msg(i))
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%q did not arrive", msg(i))
+			}
+		}
+	}
+	idle := func() {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			gw.udp.mu.Lock()
+			m := gw.udp.maps[src]
+			gw.udp.mu.Unlock()
+			if m != nil && m.pending.Load() == 0 && m.push.Load() != nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the mapping did not become idle")
+			}
+		}
+	}
+	// held sends first alone and holds its batch call while the rest are
+	// queued on the device, so that the reader finds them all waiting.
+	held := func(first, to int, script ...func(int) (int, error)) (calls func() []int) {
+		t.Helper()
+		st.mu.Lock()
+		st.gate, st.entered = make(chan struct{}), make(chan struct{})
+		gate, entered := st.gate, st.entered
+		st.script = script
+		before := len(st.calls)
+		st.mu.Unlock()
+		send(first, first+1)
+		select {
+		case <-entered:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no batch call")
+		}
+		send(first+1, to)
+		close(gate)
+		receive(first)
+		return func() []int {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			return slices.Clone(st.calls[before:])
+		}
+	}
+
+	send(0, 1) // opens the association
+	select {
+	case pc = <-out.newPC:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no association opened")
+	}
+	receive(0)
+	idle()
+
+	// 1 + 23: the held one, then full batches of 8 as the reader reads
+	// them (the device returns up to 8 at a time); the socket takes only
+	// 5 of the first 8, and the other 3 go through the relay's queue, with
+	// all that comes behind them while they wait.
+	calls := held(1, 25, func(n int) (int, error) { return min(n, 5), nil })
+	var rest []int
+	for i := 2; i < 25; i++ {
+		rest = append(rest, i)
+	}
+	receive(rest...)
+	if calls := calls(); len(calls) < 2 || calls[0] != 1 || calls[1] != socks.MaxBatch {
+		t.Errorf("batch calls %v, want 1, then %d", calls, socks.MaxBatch)
+	}
+	idle()
+
+	// 1 + 4: the socket takes one of the 4, refuses the next with port
+	// unreachable (for the client, as ICMP), then takes the 2 after it.
+	refused := func(n int) (int, error) {
+		return 1, &engine.PacketError{Dst: socks.AddrFromAddrPort(dst), Type: 3, Code: 3, Offender: serverV4, Payload: []byte(msg(27))}
+	}
+	calls = held(25, 30, refused)
+	receive(26, 28, 29)
+	if calls := calls(); !slices.Equal(calls, []int{1, 4, 2}) {
+		t.Errorf("batch calls %v, want [1 4 2]", calls)
+	}
+	ans := nextPacket(t, clientDev.in)
+	if icmp := ans[20:]; icmp[0] != 3 || icmp[1] != 3 {
+		t.Errorf("answer to the refused datagram: ICMP type %d code %d, want 3/3", icmp[0], icmp[1])
+	}
+	select {
+	case d := <-pc.sent:
+		t.Errorf("unexpected %q", d.data)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// busyVnetDev is a pipeDevice whose reads go through ReadVnetIdle: frames
+// the test queues on frames, and a call of idle whenever none is waiting,
+// unless busy says to behave as a device that never runs dry.
+type busyVnetDev struct {
+	*pipeDevice
+	frames chan []byte
+	wake   chan struct{}
+	busy   atomic.Bool
+}
+
+func (d *busyVnetDev) VnetHdr() bool                { return true }
+func (d *busyVnetDev) ReadVnet([]byte) (int, error) { panic("ReadVnetIdle is there") }
+
+func (d *busyVnetDev) ReadVnetIdle(frame []byte, idle func()) (int, error) {
+	for {
+		select {
+		case f := <-d.frames:
+			return copy(frame, f), nil
+		default:
+		}
+		if !d.busy.Load() {
+			idle()
+		}
+		select {
+		case f := <-d.frames:
+			return copy(frame, f), nil
+		case <-d.wake:
+		case <-d.closed:
+			return 0, os.ErrClosed
+		}
+	}
+}
+
+// TestUDPBatchBusyDevice: on a device that never runs dry, datagrams
+// waiting in batches still leave every idleEveryFrames frames, and the
+// rest once the device is idle.
+func TestUDPBatchBusyDevice(t *testing.T) {
+	checkLeaks(t)
+	const flows = idleEveryFrames + 8 // one datagram each: no batch fills
+	out := &fakeOut{newPC: make(chan *fakePC, flows), try: &tryState{}, batch: &batchState{}}
+	pipe, clientDev := newPipe(1500)
+	dev := &busyVnetDev{pipeDevice: pipe, frames: make(chan []byte, 2*flows), wake: make(chan struct{})}
+	gw, err := New(dev, engine.New(out, nil, nil), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		gw.Close()
+		clientDev.Close()
+	}()
+	dst := netip.AddrPortFrom(serverV4, 9)
+	frame := func(port uint16, msg string) []byte {
+		return append(make([]byte, vnetHdrLen), udpProbe(t, netip.AddrPortFrom(clientV4, port), dst, 64, msg)...)
+	}
+	// Each flow's first datagram opens its association.
+	var pcs []*fakePC
+	for i := range flows {
+		dev.frames <- frame(uint16(42000+i), "open")
+	}
+	for range flows {
+		select {
+		case pc := <-out.newPC:
+			pcs = append(pcs, pc)
+		case <-time.After(5 * time.Second):
+			t.Fatal("associations did not open")
+		}
+	}
+	sent := func() int {
+		n := 0
+		for _, pc := range pcs {
+			n += len(pc.sent)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); sent() < flows; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d opening datagrams arrived", sent(), flows)
+		}
+	}
+	for _, pc := range pcs {
+		<-pc.sent
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		idle := true
+		gw.udp.mu.Lock()
+		for _, m := range gw.udp.maps {
+			idle = idle && m.pending.Load() == 0 && m.push.Load() != nil
+		}
+		gw.udp.mu.Unlock()
+		if idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mappings did not become idle")
+		}
+	}
+
+	// Now a busy device: the first idleEveryFrames datagrams leave
+	// without the device running dry, the last 8 wait.
+	dev.busy.Store(true)
+	dev.wake <- struct{}{} // the reader is waiting: let it see busy
+	for i := range flows {
+		dev.frames <- frame(uint16(42000+i), "busy")
+	}
+	for deadline := time.Now().Add(5 * time.Second); sent() < idleEveryFrames; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d datagrams left while the device was busy, want %d", sent(), idleEveryFrames)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := sent(); n != idleEveryFrames {
+		t.Fatalf("%d datagrams left while the device was busy, want %d", n, idleEveryFrames)
+	}
+	dev.busy.Store(false)
+	dev.wake <- struct{}{}
+	for deadline := time.Now().Add(5 * time.Second); sent() < flows; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d datagrams left once the device was idle", sent(), flows)
+		}
+	}
+}
