@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -26,6 +27,7 @@ type Device struct {
 	headroom int
 	offloads string
 	vnet     *os.File // the descriptor, when it takes virtio-net headers
+	vnetRC   syscall.RawConn
 
 	created bool           // Open created the device (not adopted)
 	added   []netip.Prefix // addresses Open added to an adopted device

@@ -260,6 +260,7 @@ func finishOpen(t tunOpen, c Config, h *netlink.Handle, created bool) (*Device, 
 	d := &Device{dev: dev, name: t.name, created: created, batch: dev.BatchSize()}
 	if t.vnetHdr {
 		d.vnet = dev.File()
+		d.vnetRC, err = d.vnet.SyscallConn() // fails only on a closed file
 		d.headroom = MaxHeadroom
 		d.offloads = "vnet-hdr tso uso gro"
 		if !t.uso {
@@ -268,7 +269,10 @@ func finishOpen(t tunOpen, c Config, h *netlink.Handle, created bool) (*Device, 
 	} else {
 		d.offloads = t.offloads
 	}
-	if err := d.configure(c, h); err != nil {
+	if err == nil {
+		err = d.configure(c, h)
+	}
+	if err != nil {
 		d.nl = h
 		d.Close()
 		return nil, err
@@ -404,13 +408,9 @@ func (d *Device) ReadVnetIdle(frame []byte, idle func()) (int, error) {
 	if d.vnet == nil {
 		return 0, errNoVnet
 	}
-	rc, err := d.vnet.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("tun: %s: %w", d.name, err)
-	}
 	var n int
 	var rerr error
-	err = rc.Read(func(fd uintptr) bool {
+	err := d.vnetRC.Read(func(fd uintptr) bool {
 		for {
 			n, rerr = unix.Read(int(fd), frame)
 			if rerr != unix.EINTR {
