@@ -319,6 +319,9 @@ func (d *Dialer) ListenPacket(ctx context.Context) (PacketConn, error) {
 				return fail(&ReplyError{Code: ReplyGeneralFailure, Err: err})
 			}
 			GrowUDPBuffers(p.uc)
+			// Hop 1's relay may answer with UDP GSO (tungate's does): read
+			// many datagrams to a system call.
+			udpbatch.EnableGRO(p.uc)
 			declared = AddrFromAddrPort(p.uc.LocalAddr().(*net.UDPAddr).AddrPort())
 			if dl, ok := ctx.Deadline(); ok {
 				c.SetDeadline(dl)
@@ -425,28 +428,14 @@ func (p *upstreamPacketConn) encapsulate(pkt, b []byte, dst Addr) ([]byte, error
 	return append(pkt, b...), nil
 }
 
-// ReadFrom implements PacketConn: it accepts datagrams only from hop 1's
-// relay and unwraps one header per hop; the innermost names the source.
+// ReadFrom implements PacketConn: ReadBatch, one datagram at a time (the
+// socket may have UDP GRO on, so it is read only through its Reader).
 func (p *upstreamPacketConn) ReadFrom(b []byte) (int, Addr, error) {
-	for {
-		n, from, err := p.uc.ReadFromUDPAddrPort(b)
-		if err != nil {
-			select {
-			case <-p.done:
-				return 0, Addr{}, net.ErrClosed
-			default:
-			}
-			return 0, Addr{}, err
-		}
-		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != p.first {
-			continue
-		}
-		payload, src, ok := p.decapsulate(b[:n])
-		if !ok {
-			continue
-		}
-		return copy(b, payload), src, nil
+	var ds [1]Datagram
+	if _, err := p.ReadBatch(ds[:]); err != nil {
+		return 0, Addr{}, err
 	}
+	return copy(b, ds[0].Buf), ds[0].Addr, nil
 }
 
 // Close ends the association and waits for the goroutines that watch the

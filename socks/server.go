@@ -382,6 +382,9 @@ func (s *Server) associate(ctx context.Context, sess *Session) error {
 		return err
 	}
 	GrowUDPBuffers(uc)
+	// A client that sends with UDP GSO (tungate's TUN side does) has its
+	// datagrams read many to a system call.
+	udpbatch.EnableGRO(uc)
 	relay := newClientRelay(uc, sess)
 	sess.UDPRelay = AddrFromAddrPort(uc.LocalAddr().(*net.UDPAddr).AddrPort())
 
@@ -444,24 +447,14 @@ func newClientRelay(uc *net.UDPConn, sess *Session) *clientRelay {
 	return r
 }
 
-// ReadFrom implements PacketConn. The payload is moved to the front of b.
+// ReadFrom implements PacketConn: ReadBatch, one datagram at a time (the
+// socket may have UDP GRO on, so it is read only through its Reader).
 func (r *clientRelay) ReadFrom(b []byte) (int, Addr, error) {
-	for {
-		n, from, err := r.uc.ReadFromUDPAddrPort(b)
-		if err != nil {
-			return 0, Addr{}, err
-		}
-		if !r.admit(from) {
-			r.dropped.Add(1)
-			continue
-		}
-		h, off, err := ParseUDPHeader(b[:n])
-		if err != nil {
-			r.dropped.Add(1)
-			continue
-		}
-		return copy(b, b[off:n]), h.Addr, nil
+	var ds [1]Datagram
+	if _, err := r.ReadBatch(ds[:]); err != nil {
+		return 0, Addr{}, err
 	}
+	return copy(b, ds[0].Buf), ds[0].Addr, nil
 }
 
 // admit reports whether a datagram from src belongs to the association,

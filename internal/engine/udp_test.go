@@ -309,11 +309,24 @@ func TestUDPAssociateFailureReplied(t *testing.T) {
 	}
 }
 
-// TestUDPBurstThroughChain: a burst of datagrams, more than a batch, each
-// of its own size, through two gateways (the SOCKS5 server's relay and the
-// outbound sockets move batches) and back: all arrive, whole, in order,
-// and both gateways count every payload byte.
+// TestUDPBurstThroughChain: a burst of datagrams, more than a batch,
+// through two gateways (the SOCKS5 server's relay and the outbound sockets
+// move batches) and back: all arrive, whole, in order, and both gateways
+// count every payload byte. Datagrams of one size go between the gateways
+// as UDP GSO sends, read with UDP GRO.
 func TestUDPBurstThroughChain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size func(i int) int
+	}{
+		{"sizes differ", func(i int) int { return i * 5 }},
+		{"one size", func(int) int { return 480 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testUDPBurst(t, tc.size) })
+	}
+}
+
+func testUDPBurst(t *testing.T, size func(int) int) {
 	checkLeaks(t)
 	peer := newUDPPeer(t)
 	last := startGateway(t, &engine.Direct{})
@@ -322,7 +335,7 @@ func TestUDPBurstThroughChain(t *testing.T) {
 
 	const count = 100 // with at most 500 bytes each, within default socket buffers
 	msg := func(i int) []byte {
-		b := make([]byte, i*5)
+		b := make([]byte, size(i))
 		for j := range b {
 			b[j] = byte(i + j)
 		}

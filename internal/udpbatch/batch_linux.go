@@ -12,7 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Reader reads batches of datagrams from one UDP socket.
+// Reader reads batches of datagrams from one UDP socket. On a socket with
+// UDP GRO (EnableGRO) one message may carry several datagrams of one
+// sender, which Read hands out one by one.
 type Reader struct {
 	uc    *net.UDPConn
 	rc    syscall.RawConn
@@ -20,9 +22,20 @@ type Reader struct {
 	hdrs  [Size]unix.Mmsghdr
 	iovs  [Size]unix.Iovec
 	names [Size]unix.RawSockaddrInet6 // room for either family's address
-	n     int
-	busy  bool
+	oobs  [Size][groCmsgSpace]byte
+
+	// segs are the datagrams of the last recvmmsg; Read hands out
+	// segs[base:next].
+	segs       []segment
+	base, next int
+	busy       bool
 }
+
+// segment is where one datagram of a batch is: message, offset, length.
+type segment struct{ msg, off, n int }
+
+// groCmsgSpace is the room of the UDP_GRO control message (an int).
+const groCmsgSpace = 24
 
 // NewReader returns a Reader of uc.
 func NewReader(uc *net.UDPConn) (*Reader, error) {
@@ -30,22 +43,46 @@ func NewReader(uc *net.UDPConn) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{uc: uc, rc: rc}, nil
+	return &Reader{uc: uc, rc: rc, segs: make([]segment, 0, Size)}, nil
 }
 
-// Read waits for a datagram and reads it with up to limit-1 more (at most
-// Size in all) that are already queued; it returns how many it read. Datagram gives each; they
-// stay valid until the next Read or Release. An error is the socket's
-// (a pending ICMP error, a deadline, net.ErrClosed), as from
-// net.UDPConn.ReadFromUDPAddrPort, with nothing read.
+// EnableGRO asks the kernel to hand the datagrams of one sender that
+// arrive together (a UDP GSO send) to the reader as one message, and
+// reports whether it will. The socket must then be read only through a
+// Reader.
+func EnableGRO(uc *net.UDPConn) bool {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) }); err != nil {
+		return false
+	}
+	return serr == nil
+}
+
+// Read waits for a datagram and reads it with up to limit-1 more (the
+// whole at most Size messages) that are already queued; it returns how
+// many it read. Datagram gives each; they stay valid until the next Read.
+// An error is the socket's (a pending ICMP error, a deadline,
+// net.ErrClosed), as from net.UDPConn.ReadFromUDPAddrPort, with nothing
+// read.
 func (r *Reader) Read(limit int) (int, error) {
-	r.n = 0
+	limit = max(limit, 1)
+	if r.next < len(r.segs) {
+		// Datagrams of the last messages not handed out yet.
+		r.base = r.next
+		r.next = min(len(r.segs), r.base+limit)
+		return r.next - r.base, nil
+	}
+	r.segs, r.base, r.next = r.segs[:0], 0, 0
 	if r.bufs[0] == nil {
 		r.bufs[0] = slots.Get().(*[]byte)
 	}
 	vlen := 1
 	if r.busy {
-		vlen = min(max(limit, 1), r.take())
+		vlen = min(limit, r.take())
 	}
 	waited := false
 	var n int
@@ -61,7 +98,7 @@ func (r *Reader) Read(limit int) (int, error) {
 		if errno == unix.EAGAIN {
 			// Going idle: the extra buffers go back before the wait.
 			r.busy = false
-			r.Release()
+			r.release(1)
 			vlen = 1
 			waited = true
 			return false
@@ -75,14 +112,47 @@ func (r *Reader) Read(limit int) (int, error) {
 		// A Read that fails holds no buffer: the socket may be closed
 		// and the Reader dropped.
 		r.busy = false
-		r.free()
+		r.release(0)
 		return 0, err
 	}
 	// Datagrams were waiting when Read was called: the sender is ahead
 	// of this reader, and the next Read takes a whole batch.
 	r.busy = !waited
-	r.n = n
-	return n, nil
+	for i := range n {
+		r.split(i)
+	}
+	r.next = min(len(r.segs), limit)
+	return r.next, nil
+}
+
+// split adds the datagrams of message i to r.segs: one, or those of a
+// GRO message, each of the size its control message gives but the last.
+func (r *Reader) split(i int) {
+	h := &r.hdrs[i]
+	total := int(h.Len)
+	size := 0
+	if h.Hdr.Controllen > 0 {
+		size = groSize(r.oobs[i][:min(int(h.Hdr.Controllen), groCmsgSpace)])
+	}
+	if size <= 0 || size >= total {
+		r.segs = append(r.segs, segment{msg: i, n: total})
+		return
+	}
+	for off := 0; off < total; off += size {
+		r.segs = append(r.segs, segment{msg: i, off: off, n: min(size, total-off)})
+	}
+}
+
+// groSize returns the segment size a UDP_GRO control message gives, or 0.
+func groSize(oob []byte) int {
+	if len(oob) < unix.CmsgLen(4) {
+		return 0
+	}
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	if h.Level != unix.SOL_UDP || h.Type != unix.UDP_GRO || int(h.Len) < unix.CmsgLen(4) {
+		return 0
+	}
+	return int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
 }
 
 // take makes sure every slot has a buffer and returns the batch size.
@@ -95,13 +165,7 @@ func (r *Reader) take() int {
 	return Size
 }
 
-// Release gives back the buffers beyond the first (the datagrams of the
-// last Read from index 1 on become invalid). The Reader stays usable.
-func (r *Reader) Release() { r.release(1) }
-
-// free gives back every buffer; the next Read takes one again.
-func (r *Reader) free() { r.release(0) }
-
+// release gives back the buffers from index from on.
 func (r *Reader) release(from int) {
 	for i := from; i < Size; i++ {
 		if r.bufs[i] != nil {
@@ -109,7 +173,6 @@ func (r *Reader) release(from int) {
 			r.bufs[i] = nil
 		}
 	}
-	r.n = min(r.n, from)
 }
 
 func (r *Reader) prepare(vlen int) {
@@ -123,8 +186,10 @@ func (r *Reader) prepare(vlen int) {
 			Name:    (*byte)(unsafe.Pointer(&r.names[i])),
 			Namelen: unix.SizeofSockaddrInet6,
 			Iov:     &r.iovs[i],
+			Control: &r.oobs[i][0],
 		}
 		h.Hdr.SetIovlen(1)
+		h.Hdr.SetControllen(groCmsgSpace)
 	}
 }
 
@@ -132,11 +197,12 @@ func (r *Reader) prepare(vlen int) {
 // source: for an IPv4 sender on an IPv6 socket, its IPv4-mapped address,
 // as net.UDPConn gives it.
 func (r *Reader) Datagram(i int) ([]byte, netip.AddrPort) {
-	if i >= r.n {
+	if i < 0 || r.base+i >= r.next {
 		return nil, netip.AddrPort{}
 	}
-	b := (*r.bufs[i])[:r.hdrs[i].Len]
-	sa := &r.names[i]
+	sg := r.segs[r.base+i]
+	b := (*r.bufs[sg.msg])[sg.off : sg.off+sg.n]
+	sa := &r.names[sg.msg]
 	switch sa.Family {
 	case unix.AF_INET:
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))

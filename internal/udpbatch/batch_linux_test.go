@@ -363,3 +363,67 @@ func TestGSOFallback(t *testing.T) {
 		})
 	}
 }
+
+// TestGRO: on a socket with UDP GRO, a GSO send arrives as one message,
+// and Read hands out its datagrams as they were sent, limit at a time;
+// datagrams of another size, or another sender, stay apart.
+func TestGRO(t *testing.T) {
+	rxc, txc := listen(t, "udp4", "127.0.0.1:0"), listen(t, "udp4", "127.0.0.1:0")
+	if !EnableGRO(rxc) {
+		t.Skip("the kernel has no UDP_GRO")
+	}
+	other := listen(t, "udp4", "127.0.0.1:0")
+	w, _ := NewWriter(txc)
+	var ms []Message
+	var want [][]byte
+	for i := range 7 {
+		size := 1400
+		if i == 6 {
+			size = 300 // a shorter last one: still the same GSO send
+		}
+		want = append(want, payload(i, size))
+		ms = append(ms, Message{Buf: want[i], Addr: addrOf(rxc)})
+	}
+	if n, err := w.Write(ms); n != len(ms) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	ow, _ := NewWriter(other)
+	if _, err := ow.Write([]Message{{Buf: []byte("other"), Addr: addrOf(rxc)}}); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, []byte("other"))
+
+	r, _ := NewReader(rxc)
+	var got [][]byte
+	var froms []netip.AddrPort
+	var counts []int
+	for len(got) < len(want) {
+		rxc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := r.Read(3)
+		if err != nil {
+			t.Fatalf("Read after %d datagrams: %v", len(got), err)
+		}
+		counts = append(counts, n)
+		for i := range n {
+			b, from := r.Datagram(i)
+			got = append(got, bytes.Clone(b))
+			froms = append(froms, from)
+		}
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("datagram %d: %d bytes %.8q, want %d bytes %.8q", i, len(got[i]), got[i], len(want[i]), want[i])
+		}
+		wantFrom := addrOf(txc)
+		if i == len(want)-1 {
+			wantFrom = addrOf(other)
+		}
+		if froms[i] != wantFrom {
+			t.Errorf("datagram %d from %v, want %v", i, froms[i], wantFrom)
+		}
+	}
+	// One message of 7 handed out 3, 3, 1; then the other sender's.
+	if fmt.Sprint(counts) != "[3 3 1 1]" {
+		t.Errorf("datagrams per Read = %v, want [3 3 1 1] (the GSO send as one message)", counts)
+	}
+}

@@ -41,8 +41,8 @@ func (r *Reader) Datagram(i int) ([]byte, netip.AddrPort) {
 	return r.buf[:r.n], r.from
 }
 
-// Release does nothing here: the Reader has one buffer.
-func (r *Reader) Release() {}
+// EnableGRO reports false: there is no UDP GRO here.
+func EnableGRO(uc *net.UDPConn) bool { return false }
 
 // Writer sends datagrams on one UDP socket, one per system call.
 type Writer struct {
