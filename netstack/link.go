@@ -42,6 +42,9 @@ type link struct {
 	// packets go: the stack then builds TCP segments up to gsoMaxSize and
 	// the kernel segments them (TSO), one write for many packets.
 	vnet vnetWriter
+	// uso: vnet takes UDP super-packets (virtio-net GSO type UDP_L4),
+	// which the kernel cuts into datagrams.
+	uso bool
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -84,9 +87,18 @@ func newLink(dev Device) *link {
 	}
 	if vw, ok := dev.(vnetWriter); ok && vw.VnetHdr() {
 		l.vnet = vw
+		if u, ok := dev.(usoDevice); ok {
+			l.uso = u.USO()
+		}
 	}
 	l.gro.Init(true)
 	return l
+}
+
+// usoDevice is implemented by vnetWriters that can say whether they take
+// UDP super-packets (tun.Device).
+type usoDevice interface {
+	USO() bool
 }
 
 // vnetWriter is implemented by devices that take frames starting with a
@@ -356,6 +368,11 @@ func (l *link) writeRaw(pkt []byte) error {
 	_, err := l.dev.Write((*bp)[:1], l.headroom)
 	l.putBufs(bp)
 	return err
+}
+
+// writeFrames writes virtio-net frames; vnet must be set.
+func (l *link) writeFrames(frames [][]byte) (int, error) {
+	return l.vnet.WriteVnet(frames)
 }
 
 // getBufs returns a batch of at least n write buffers from the pool.

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"sync/atomic"
@@ -24,20 +25,87 @@ var errFamily = errors.New("netstack: address family mismatch")
 // appendUDPPacket appends an IPv4 or IPv6 packet carrying one UDP datagram
 // from src to dst, with checksums.
 func appendUDPPacket(b []byte, src, dst netip.AddrPort, payload []byte) ([]byte, error) {
+	start := len(b)
+	b, ipLen, err := appendUDPHeaders(b, src, dst, len(payload))
+	if err != nil {
+		return b, err
+	}
+	b = append(b, payload...)
+	pkt := b[start:]
+	u := header.UDP(pkt[ipLen:])
+	srcA, dstA := tcpip.AddrFromSlice(src.Addr().Unmap().AsSlice()), tcpip.AddrFromSlice(dst.Addr().Unmap().AsSlice())
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, u.Length())
+	xsum = checksum.Checksum(payload, xsum)
+	c := ^u.CalculateChecksum(xsum)
+	if c == 0 {
+		c = 0xffff // RFC 768: zero means no checksum
+	}
+	u.SetChecksum(c)
+	return b, nil
+}
+
+// maxUSOBytes bounds the payload of a USO frame: with its headers it must
+// fit one IP packet.
+const maxUSOBytes = 65000
+
+// appendUDPFrame appends a virtio-net frame (header, then IP packet) that
+// carries payloads from src to dst: one datagram, or, with more payloads,
+// a USO super-packet that the kernel cuts into datagrams of
+// len(payloads[0]) bytes each (the last may be shorter; the caller sees
+// to that, and to the total staying within maxUSOBytes). Either way the
+// kernel completes the UDP checksum (NEEDS_CSUM): the frame carries only
+// the pseudo-header's sum.
+func appendUDPFrame(b []byte, src, dst netip.AddrPort, payloads [][]byte) ([]byte, error) {
+	total := 0
+	for _, p := range payloads {
+		total += len(p)
+	}
+	start := len(b)
+	b = append(b, make([]byte, vnetHdrLen)...)
+	b, ipLen, err := appendUDPHeaders(b, src, dst, total)
+	if err != nil {
+		return b[:start], err
+	}
+	for _, p := range payloads {
+		b = append(b, p...)
+	}
+	frame := b[start:]
+	h, pkt := frame[:vnetHdrLen], frame[vnetHdrLen:]
+	u := header.UDP(pkt[ipLen:])
+	srcA, dstA := tcpip.AddrFromSlice(src.Addr().Unmap().AsSlice()), tcpip.AddrFromSlice(dst.Addr().Unmap().AsSlice())
+	u.SetChecksum(header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, u.Length()))
+	h[vnetFlagsOff] = vnetFlagNeedsCsum
+	binary.LittleEndian.PutUint16(h[vnetCsumStartOff:], uint16(ipLen))
+	binary.LittleEndian.PutUint16(h[vnetCsumOffsetOff:], udpChecksumOff)
+	if len(payloads) > 1 {
+		h[vnetGSOTypeOff] = vnetGSOUDPL4
+		binary.LittleEndian.PutUint16(h[vnetHdrLenOff:], uint16(ipLen+header.UDPMinimumSize))
+		binary.LittleEndian.PutUint16(h[vnetGSOSizeOff:], uint16(len(payloads[0])))
+	}
+	return b, nil
+}
+
+// udpChecksumOff is where the checksum is in a UDP header.
+const udpChecksumOff = 6
+
+// appendUDPHeaders appends the IP and UDP headers of a datagram of
+// payloadLen bytes from src to dst, the UDP checksum zero, and returns
+// the IP header's length.
+func appendUDPHeaders(b []byte, src, dst netip.AddrPort, payloadLen int) ([]byte, int, error) {
 	srcIP, dstIP := src.Addr().Unmap(), dst.Addr().Unmap()
 	if srcIP.Is4() != dstIP.Is4() {
-		return b, errFamily
+		return b, 0, errFamily
 	}
 	ipLen := header.IPv4MinimumSize
 	if !srcIP.Is4() {
 		ipLen = header.IPv6MinimumSize
 	}
-	udpLen := header.UDPMinimumSize + len(payload)
+	udpLen := header.UDPMinimumSize + payloadLen
 	if udpLen > 0xffff || srcIP.Is4() && ipLen+udpLen > 0xffff {
-		return b, errPacketTooBig
+		return b, 0, errPacketTooBig
 	}
 	start := len(b)
-	b = append(b, make([]byte, ipLen+udpLen)...)
+	b = append(b, make([]byte, ipLen+header.UDPMinimumSize)...)
 	pkt := b[start:]
 	srcA, dstA := tcpip.AddrFromSlice(srcIP.AsSlice()), tcpip.AddrFromSlice(dstIP.AsSlice())
 	if srcIP.Is4() {
@@ -60,15 +128,6 @@ func appendUDPPacket(b []byte, src, dst netip.AddrPort, payload []byte) ([]byte,
 			DstAddr:           dstA,
 		})
 	}
-	u := header.UDP(pkt[ipLen:])
-	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
-	copy(u[header.UDPMinimumSize:], payload)
-	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, uint16(udpLen))
-	xsum = checksum.Checksum(payload, xsum)
-	c := ^u.CalculateChecksum(xsum)
-	if c == 0 {
-		c = 0xffff // RFC 768: zero means no checksum
-	}
-	u.SetChecksum(c)
-	return b, nil
+	header.UDP(pkt[ipLen:]).Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
+	return b, ipLen, nil
 }

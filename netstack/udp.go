@@ -435,10 +435,102 @@ func (m *udpMapping) WriteTo(b []byte, from socks.Addr) (int, error) {
 	return len(b), nil
 }
 
+// WriteBatch implements socks.BatchWriter. Where the device takes UDP
+// super-packets, consecutive datagrams from one peer of one size (the last
+// may be shorter) go to the client as one, which the kernel cuts into the
+// datagrams; every frame of the batch leaves with one write each, no
+// checksum computed here (the kernel completes it). Elsewhere it is
+// WriteTo for each.
+func (m *udpMapping) WriteBatch(ds []socks.Datagram) (int, error) {
+	l := m.u.s.link
+	if !l.uso {
+		for i, d := range ds {
+			if _, err := m.WriteTo(d.Buf, d.Addr); err != nil {
+				return i, err
+			}
+		}
+		return len(ds), nil
+	}
+	if m.isClosed() {
+		return 0, net.ErrClosed
+	}
+	bp := l.getBufs(len(ds))
+	defer l.putBufs(bp)
+	// Each frame is built in the pooled buffer it then replaces (so the
+	// pool keeps what the buffers grew to): frames is bufs[:len(frames)].
+	bufs := *bp
+	frames := bufs[:0]
+	var ends [socks.MaxBatch]int // datagrams carried up to each frame
+	var payloads [socks.MaxBatch][]byte
+	i := 0
+	var ferr error
+	for i < len(ds) && len(frames) < socks.MaxBatch {
+		src, ok := ds[i].Addr.AddrPort()
+		if !ok {
+			ferr = errFamily
+			break
+		}
+		run := usoRun(ds[i:])
+		for k := range run {
+			payloads[k] = ds[i+k].Buf
+		}
+		f, err := appendUDPFrame(bufs[len(frames)][:0], src, m.client, payloads[:run])
+		clear(payloads[:run])
+		if err != nil {
+			ferr = err
+			break
+		}
+		frames = append(frames, f)
+		i += run
+		ends[len(frames)-1] = i
+	}
+	n, err := l.writeFrames(frames)
+	if err != nil {
+		if n == 0 {
+			return 0, err
+		}
+		return ends[n-1], err
+	}
+	if ferr != nil {
+		return i, ferr
+	}
+	if i < len(ds) {
+		// More frames than a batch: the rest goes the same way.
+		k, err := m.WriteBatch(ds[i:])
+		return i + k, err
+	}
+	return i, nil
+}
+
+// usoRun returns how many datagrams from ds[0] can go as one USO frame:
+// one peer, one size (the last may be shorter), within maxUSOBytes.
+func usoRun(ds []socks.Datagram) int {
+	size := len(ds[0].Buf)
+	if size == 0 {
+		return 1
+	}
+	n, total := 1, size
+	for n < len(ds) {
+		d := ds[n]
+		if d.Addr != ds[0].Addr || len(d.Buf) == 0 || len(d.Buf) > size || total+len(d.Buf) > maxUSOBytes {
+			break
+		}
+		n++
+		total += len(d.Buf)
+		if len(d.Buf) < size {
+			break
+		}
+	}
+	return n
+}
+
 // SetPush implements engine.PacketPusher.
 func (m *udpMapping) SetPush(p *engine.Push) { m.push.Store(p) }
 
-var _ engine.PacketPusher = (*udpMapping)(nil)
+var (
+	_ engine.PacketPusher = (*udpMapping)(nil)
+	_ socks.BatchWriter   = (*udpMapping)(nil)
+)
 
 // Close implements socks.PacketConn.
 func (m *udpMapping) Close() error {

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"tungate/internal/engine"
 	"tungate/socks"
@@ -307,5 +310,79 @@ func TestUDPBatchBusyDevice(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d datagrams left once the device was idle", sent(), flows)
 		}
+	}
+}
+
+// usoPipe is a pipeDevice that takes virtio-net frames, UDP super-packets
+// included, and keeps each write.
+type usoPipe struct {
+	*pipeDevice
+	mu     sync.Mutex
+	writes [][][]byte
+}
+
+func (d *usoPipe) VnetHdr() bool { return true }
+func (d *usoPipe) USO() bool     { return true }
+func (d *usoPipe) WriteVnet(frames [][]byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var w [][]byte
+	for _, f := range frames {
+		w = append(w, slices.Clone(f))
+	}
+	d.writes = append(d.writes, w)
+	return len(frames), nil
+}
+
+// TestUDPWriteBatchUSO: datagrams to the client leave as one device write
+// per batch, consecutive ones from one peer of one size as one UDP
+// super-packet; a datagram that cannot be written ends the batch there.
+func TestUDPWriteBatchUSO(t *testing.T) {
+	pipe, _ := newPipe(1500)
+	dev := &usoPipe{pipeDevice: pipe}
+	m := &udpMapping{
+		u:      &udpMapper{s: &Stack{link: newLink(dev)}},
+		client: netip.AddrPortFrom(clientV4, 40000),
+		closed: make(chan struct{}),
+	}
+	a := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 9))
+	b := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 10))
+	d := func(from socks.Addr, size int) socks.Datagram { return socks.Datagram{Buf: pattern(size), Addr: from} }
+	// From a: three of one size and a shorter one (one super-packet),
+	// then another; two from b; an empty one from a.
+	ds := []socks.Datagram{d(a, 500), d(a, 500), d(a, 500), d(a, 200), d(a, 500), d(b, 500), d(b, 500), d(a, 0)}
+	if n, err := m.WriteBatch(ds); n != len(ds) || err != nil {
+		t.Fatalf("WriteBatch = %d, %v; want %d, nil", n, err, len(ds))
+	}
+	if len(dev.writes) != 1 {
+		t.Fatalf("%d device writes, want 1", len(dev.writes))
+	}
+	// Frames: a x4 (the 200 ends the run), a x1, b x2, a's empty one.
+	type want struct {
+		segs, gso int
+		from      uint16
+	}
+	wants := []want{{4, 500, 9}, {1, 0, 9}, {2, 500, 10}, {1, 0, 9}}
+	frames := dev.writes[0]
+	if len(frames) != len(wants) {
+		t.Fatalf("%d frames, want %d", len(frames), len(wants))
+	}
+	for i, w := range wants {
+		f := frames[i]
+		h, pkt := f[:vnetHdrLen], f[vnetHdrLen:]
+		u := header.UDP(pkt[header.IPv4MinimumSize:])
+		gso := int(binary.LittleEndian.Uint16(h[vnetGSOSizeOff:]))
+		if (w.segs > 1) != (h[vnetGSOTypeOff] == vnetGSOUDPL4) || gso != w.gso || u.SourcePort() != w.from || u.DestinationPort() != 40000 {
+			t.Errorf("frame %d: GSO type %d size %d, ports %d -> %d; want %d datagrams of %d from %d", i, h[vnetGSOTypeOff], gso, u.SourcePort(), u.DestinationPort(), w.segs, w.gso, w.from)
+		}
+	}
+	// An IPv6 peer cannot reach an IPv4 client: the batch stops there.
+	v6 := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV6, 9))
+	if n, err := m.WriteBatch([]socks.Datagram{d(a, 100), d(v6, 100), d(a, 100)}); n != 1 || err == nil {
+		t.Errorf("WriteBatch with an IPv6 peer second = %d, %v; want 1 and an error", n, err)
+	}
+	m.Close()
+	if _, err := m.WriteBatch(ds); err == nil {
+		t.Error("WriteBatch on a closed mapping succeeded")
 	}
 }

@@ -28,6 +28,7 @@ type Device struct {
 	offloads string
 	vnet     *os.File // the descriptor, when it takes virtio-net headers
 	vnetRC   syscall.RawConn
+	uso      bool // the kernel takes and gives UDP super-packets (TUN_F_USO)
 
 	created bool           // Open created the device (not adopted)
 	added   []netip.Prefix // addresses Open added to an adopted device
@@ -65,6 +66,10 @@ func (d *Device) Headroom() int { return d.headroom }
 // Offloads says what was enabled, for the log: "vnet-hdr tso uso gro"
 // (or without uso when the kernel lacks it), or "none: <reason>".
 func (d *Device) Offloads() string { return d.offloads }
+
+// USO reports whether WriteVnet takes USO frames (virtio-net GSO type
+// UDP_L4) and ReadVnet may return them: the kernel has TUN_F_USO.
+func (d *Device) USO() bool { return d.vnet != nil && d.uso }
 
 // Read reads one or more packets, as golang.zx2c4.com/wireguard/tun's
 // Device.Read: each packet lands at bufs[i][offset:], its length in

@@ -262,6 +262,7 @@ func finishOpen(t tunOpen, c Config, h *netlink.Handle, created bool) (*Device, 
 		d.vnet = dev.File()
 		d.vnetRC, err = d.vnet.SyscallConn() // fails only on a closed file
 		d.headroom = MaxHeadroom
+		d.uso = t.uso
 		d.offloads = "vnet-hdr tso uso gro"
 		if !t.uso {
 			d.offloads = "vnet-hdr tso gro (no uso: the kernel lacks TUN_F_USO)"
