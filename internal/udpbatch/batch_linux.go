@@ -29,6 +29,13 @@ type Reader struct {
 	segs       []segment
 	base, next int
 	busy       bool
+
+	// The state of one Read's system call, for readFn.
+	readFn func(fd uintptr) bool
+	vlen   int
+	got    int
+	errno  error
+	waited bool
 }
 
 // segment is where one datagram of a batch is: message, offset, length.
@@ -43,7 +50,9 @@ func NewReader(uc *net.UDPConn) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{uc: uc, rc: rc, segs: make([]segment, 0, Size)}, nil
+	r := &Reader{uc: uc, rc: rc, segs: make([]segment, 0, Size)}
+	r.readFn = r.read
+	return r, nil
 }
 
 // EnableGRO asks the kernel to hand the datagrams of one sender that
@@ -80,31 +89,14 @@ func (r *Reader) Read(limit int) (int, error) {
 	if r.bufs[0] == nil {
 		r.bufs[0] = slots.Get().(*[]byte)
 	}
-	vlen := 1
+	r.vlen = 1
 	if r.busy {
-		vlen = min(limit, r.take())
+		r.vlen = min(limit, r.take())
 	}
-	waited := false
-	var n int
-	var errno error
-	err := r.rc.Read(func(fd uintptr) bool {
-		r.prepare(vlen)
-		for {
-			n, errno = recvmmsg(fd, r.hdrs[:vlen])
-			if errno != unix.EINTR {
-				break
-			}
-		}
-		if errno == unix.EAGAIN {
-			// Going idle: the extra buffers go back before the wait.
-			r.busy = false
-			r.release(1)
-			vlen = 1
-			waited = true
-			return false
-		}
-		return true
-	})
+	r.waited, r.got = false, 0
+	err := r.rc.Read(r.readFn)
+	n, errno := r.got, r.errno
+	r.errno = nil
 	if err == nil && errno != nil {
 		err = &net.OpError{Op: "read", Net: "udp", Source: r.uc.LocalAddr(), Err: os.NewSyscallError("recvmmsg", errno)}
 	}
@@ -117,12 +109,33 @@ func (r *Reader) Read(limit int) (int, error) {
 	}
 	// Datagrams were waiting when Read was called: the sender is ahead
 	// of this reader, and the next Read takes a whole batch.
-	r.busy = !waited
+	r.busy = !r.waited
 	for i := range n {
 		r.split(i)
 	}
 	r.next = min(len(r.segs), limit)
 	return r.next, nil
+}
+
+// read is the RawConn callback of Read (a method value made once, so
+// that a Read allocates nothing): one recvmmsg of vlen messages.
+func (r *Reader) read(fd uintptr) bool {
+	r.prepare(r.vlen)
+	for {
+		r.got, r.errno = recvmmsg(fd, r.hdrs[:r.vlen])
+		if r.errno != unix.EINTR {
+			break
+		}
+	}
+	if r.errno == unix.EAGAIN {
+		// Going idle: the extra buffers go back before the wait.
+		r.busy = false
+		r.release(1)
+		r.vlen = 1
+		r.waited = true
+		return false
+	}
+	return true
 }
 
 // split adds the datagrams of message i to r.segs: one, or those of a
@@ -238,6 +251,13 @@ type Writer struct {
 	// segment too large for the path fails with EINVAL, and lowers it.
 	gsoMax int
 	send   func(fd uintptr, hs []unix.Mmsghdr) (int, error) // sendmmsg; tests wrap it
+
+	// The state of one system call, for writeFn.
+	writeFn func(fd uintptr) bool
+	k       int
+	wait    bool
+	got     int
+	errno   error
 }
 
 const (
@@ -253,7 +273,9 @@ func NewWriter(uc *net.UDPConn) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Writer{uc: uc, rc: rc, v4: isV4Socket(uc), gsoMax: gsoMaxBytes, send: sendmmsg}, nil
+	w := &Writer{uc: uc, rc: rc, v4: isV4Socket(uc), gsoMax: gsoMaxBytes, send: sendmmsg}
+	w.writeFn = w.writeOnce
+	return w, nil
 }
 
 // Write sends ms in order, waiting while the socket's buffer is full, and
@@ -274,17 +296,10 @@ func (w *Writer) write(ms []Message, wait bool) (int, error) {
 		}
 		// k headers; with perr, they carry every message before the one
 		// that failed.
-		var n int
-		var errno error
-		err := w.rc.Write(func(fd uintptr) bool {
-			for {
-				n, errno = w.send(fd, w.hdrs[:k])
-				if errno != unix.EINTR {
-					break
-				}
-			}
-			return errno != unix.EAGAIN || !wait
-		})
+		w.k, w.wait, w.got = k, wait, 0
+		err := w.rc.Write(w.writeFn)
+		n, errno := w.got, w.errno
+		w.errno = nil
 		for _, c := range w.count[:n] {
 			sent += c
 		}
@@ -305,6 +320,18 @@ func (w *Writer) write(ms []Message, wait bool) (int, error) {
 		}
 	}
 	return sent, nil
+}
+
+// writeOnce is the RawConn callback of Write and TryWrite (a method value made
+// once): one sendmmsg of k headers.
+func (w *Writer) writeOnce(fd uintptr) bool {
+	for {
+		w.got, w.errno = w.send(fd, w.hdrs[:w.k])
+		if w.errno != unix.EINTR {
+			break
+		}
+	}
+	return w.errno != unix.EAGAIN || !w.wait
 }
 
 // gsoRefused reports whether errno, from a GSO send of segments of seg
