@@ -43,8 +43,10 @@ type link struct {
 	// the kernel segments them (TSO), one write for many packets.
 	vnet vnetWriter
 	// uso: vnet takes UDP super-packets (virtio-net GSO type UDP_L4),
-	// which the kernel cuts into datagrams.
-	uso bool
+	// which the kernel cuts into datagrams; usoRefused: it refused one
+	// (EINVAL) after all, and they are not sent again.
+	uso        bool
+	usoRefused atomic.Bool
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher

@@ -1,10 +1,12 @@
 package netstack
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -443,13 +445,8 @@ func (m *udpMapping) WriteTo(b []byte, from socks.Addr) (int, error) {
 // WriteTo for each.
 func (m *udpMapping) WriteBatch(ds []socks.Datagram) (int, error) {
 	l := m.u.s.link
-	if !l.uso {
-		for i, d := range ds {
-			if _, err := m.WriteTo(d.Buf, d.Addr); err != nil {
-				return i, err
-			}
-		}
-		return len(ds), nil
+	if !l.uso || l.usoRefused.Load() {
+		return m.writeEach(ds)
 	}
 	if m.isClosed() {
 		return 0, net.ErrClosed
@@ -486,10 +483,18 @@ func (m *udpMapping) WriteBatch(ds []socks.Datagram) (int, error) {
 	}
 	n, err := l.writeFrames(frames)
 	if err != nil {
-		if n == 0 {
-			return 0, err
+		done := 0
+		if n > 0 {
+			done = ends[n-1]
 		}
-		return ends[n-1], err
+		if errors.Is(err, syscall.EINVAL) && ends[n]-done > 1 {
+			// The kernel does not take UDP super-packets after all: one
+			// datagram per packet from now on.
+			l.usoRefused.Store(true)
+			k, err := m.writeEach(ds[done:])
+			return done + k, err
+		}
+		return done, err
 	}
 	if ferr != nil {
 		return i, ferr
@@ -500,6 +505,16 @@ func (m *udpMapping) WriteBatch(ds []socks.Datagram) (int, error) {
 		return i + k, err
 	}
 	return i, nil
+}
+
+// writeEach is WriteBatch one WriteTo at a time.
+func (m *udpMapping) writeEach(ds []socks.Datagram) (int, error) {
+	for i, d := range ds {
+		if _, err := m.WriteTo(d.Buf, d.Addr); err != nil {
+			return i, err
+		}
+	}
+	return len(ds), nil
 }
 
 // usoRun returns how many datagrams from ds[0] can go as one USO frame:

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,6 +320,7 @@ type usoPipe struct {
 	*pipeDevice
 	mu     sync.Mutex
 	writes [][][]byte
+	refuse bool // refuse super-packets with EINVAL, as a kernel without USO would
 }
 
 func (d *usoPipe) VnetHdr() bool { return true }
@@ -327,10 +329,13 @@ func (d *usoPipe) WriteVnet(frames [][]byte) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var w [][]byte
-	for _, f := range frames {
+	defer func() { d.writes = append(d.writes, w) }()
+	for i, f := range frames {
+		if d.refuse && f[vnetGSOTypeOff] == vnetGSOUDPL4 {
+			return i, fmt.Errorf("tun: write: %w", syscall.EINVAL)
+		}
 		w = append(w, slices.Clone(f))
 	}
-	d.writes = append(d.writes, w)
 	return len(frames), nil
 }
 
@@ -384,5 +389,53 @@ func TestUDPWriteBatchUSO(t *testing.T) {
 	m.Close()
 	if _, err := m.WriteBatch(ds); err == nil {
 		t.Error("WriteBatch on a closed mapping succeeded")
+	}
+}
+
+// TestUDPWriteBatchUSORefused: a device that refuses UDP super-packets
+// gets the datagrams one per packet, from the refused one on, in order,
+// and no super-packet again.
+func TestUDPWriteBatchUSORefused(t *testing.T) {
+	pipe, client := newPipe(1500)
+	dev := &usoPipe{pipeDevice: pipe, refuse: true}
+	m := &udpMapping{
+		u:      &udpMapper{s: &Stack{link: newLink(dev)}},
+		client: netip.AddrPortFrom(clientV4, 40000),
+		closed: make(chan struct{}),
+	}
+	a := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 9))
+	b := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 10))
+	// b's one is a frame of its own (written), a's three a super-packet
+	// (refused), then b's two.
+	sizes := []int{100, 300, 300, 300, 200, 200}
+	from := []socks.Addr{b, a, a, a, b, b}
+	var ds []socks.Datagram
+	for i := range sizes {
+		ds = append(ds, socks.Datagram{Buf: pattern(sizes[i]), Addr: from[i]})
+	}
+	if n, err := m.WriteBatch(ds); n != len(ds) || err != nil {
+		t.Fatalf("WriteBatch = %d, %v; want %d, nil", n, err, len(ds))
+	}
+	if !m.u.s.link.usoRefused.Load() {
+		t.Error("the refusal was not noted")
+	}
+	if len(dev.writes) != 1 || len(dev.writes[0]) != 1 {
+		t.Fatalf("frames written %v, want one write of b's first datagram", len(dev.writes))
+	}
+	for i := 1; i < len(ds); i++ {
+		p := nextPacket(t, client.in)
+		u := header.UDP(p[header.IPv4MinimumSize:])
+		if want := from[i].Port; u.SourcePort() != want || len(u.Payload()) != sizes[i] {
+			t.Errorf("packet %d: %d bytes from port %d, want %d from %d", i, len(u.Payload()), u.SourcePort(), sizes[i], want)
+		}
+	}
+	if n, err := m.WriteBatch(ds[1:4]); n != 3 || err != nil {
+		t.Fatalf("WriteBatch after the refusal = %d, %v", n, err)
+	}
+	if len(dev.writes) != 1 {
+		t.Errorf("%d device frame writes after the refusal, want none", len(dev.writes)-1)
+	}
+	for range 3 {
+		nextPacket(t, client.in)
 	}
 }
