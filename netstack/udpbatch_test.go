@@ -62,6 +62,21 @@ func (p *fakeBatchPC) TryWriteBatchMeta(ds []socks.Datagram, metas []engine.Meta
 	return n, err
 }
 
+// batchStack is a gateway Stack on dev, closed with the client's end of
+// the link when the test ends.
+func batchStack(t *testing.T, dev Device, client *pipeDevice, out *fakeOut) *Stack {
+	t.Helper()
+	gw, err := New(dev, engine.New(out, nil, nil), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		gw.Close()
+		client.Close()
+	})
+	return gw
+}
+
 // TestUDPPushBatch: datagrams that the reader delivers back to back leave
 // as one batch when it finds the device idle, or as soon as a batch is
 // full; what the socket did not take waits in the mapping's queue, and a
@@ -73,14 +88,7 @@ func TestUDPPushBatch(t *testing.T) {
 	st := &batchState{}
 	out := &fakeOut{newPC: make(chan *fakePC, 4), try: &tryState{}, batch: st}
 	gwDev, clientDev := newPipe(1500)
-	gw, err := New(gwDev, engine.New(out, nil, nil), Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		gw.Close()
-		clientDev.Close()
-	}()
+	gw := batchStack(t, gwDev, clientDev, out)
 	src, dst := netip.AddrPortFrom(clientV4, 41000), netip.AddrPortFrom(serverV4, 9)
 	msg := func(i int) string { return fmt.Sprintf("datagram %02d", i) }
 	send := func(from, to int) {
@@ -234,14 +242,7 @@ func TestUDPBatchBusyDevice(t *testing.T) {
 	out := &fakeOut{newPC: make(chan *fakePC, flows), try: &tryState{}, batch: &batchState{}}
 	pipe, clientDev := newPipe(1500)
 	dev := &busyVnetDev{pipeDevice: pipe, frames: make(chan []byte, 2*flows), wake: make(chan struct{})}
-	gw, err := New(dev, engine.New(out, nil, nil), Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		gw.Close()
-		clientDev.Close()
-	}()
+	gw := batchStack(t, dev, clientDev, out)
 	dst := netip.AddrPortFrom(serverV4, 9)
 	frame := func(port uint16, msg string) []byte {
 		return append(make([]byte, vnetHdrLen), udpProbe(t, netip.AddrPortFrom(clientV4, port), dst, 64, msg)...)

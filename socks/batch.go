@@ -100,29 +100,9 @@ func (r *clientRelay) WriteBatch(ds []Datagram) (int, error) {
 			return 0, err
 		}
 	}
-	sent := 0
-	for sent < len(ds) {
-		chunk := ds[sent:min(len(ds), sent+MaxBatch)]
-		ms := r.msgs[:0]
-		var herr error
-		for i, d := range chunk {
-			hdr, err := AppendUDPHeader(r.heads[i][:0], UDPHeader{Addr: d.Addr})
-			if err != nil {
-				herr = err
-				break
-			}
-			ms = append(ms, udpbatch.Message{Head: hdr, Buf: d.Buf, Addr: dst})
-		}
-		n, err := r.writer.Write(ms)
-		sent += n
-		if err != nil {
-			return sent, err
-		}
-		if herr != nil {
-			return sent, herr
-		}
-	}
-	return sent, nil
+	return sendBatch(r.writer, &r.msgs, ds, dst, true, func(i int, d Datagram) ([]byte, error) {
+		return AppendUDPHeader(r.heads[i][:0], UDPHeader{Addr: d.Addr})
+	})
 }
 
 // ReadBatch implements BatchReader: only datagrams from hop 1's relay are
@@ -195,27 +175,39 @@ func (p *upstreamPacketConn) writeBatch(ds []Datagram, wait bool) (int, error) {
 			return 0, err
 		}
 	}
+	return sendBatch(hs.w, &hs.msgs, ds, p.first, wait, func(i int, d Datagram) ([]byte, error) {
+		hdr, err := p.headers(hs.heads[i][:0], len(d.Buf), d.Addr)
+		hs.heads[i] = hdr[:0] // keeps what the headers grew
+		return hdr, err
+	})
+}
+
+// sendBatch sends ds to `to` through w, each datagram behind the header
+// head gives it for its place in the batch (i < MaxBatch), MaxBatch at a
+// time; without wait, only as far as the socket takes them at once. It
+// returns how many it sent, and when fewer than len(ds), the error of
+// ds[n].
+func sendBatch(w *udpbatch.Writer, msgs *[MaxBatch]udpbatch.Message, ds []Datagram, to netip.AddrPort, wait bool, head func(i int, d Datagram) ([]byte, error)) (int, error) {
 	sent := 0
 	for sent < len(ds) {
-		chunk := ds[sent:min(len(ds), sent+MaxBatch)]
-		ms := hs.msgs[:0]
+		ms := msgs[:0]
 		var herr error
-		for i, d := range chunk {
-			hdr, err := p.headers(hs.heads[i][:0], len(d.Buf), d.Addr)
+		for i, d := range ds[sent:min(len(ds), sent+MaxBatch)] {
+			hdr, err := head(i, d)
 			if err != nil {
 				herr = err
 				break
 			}
-			hs.heads[i] = hdr // keeps what the headers grew
-			ms = append(ms, udpbatch.Message{Head: hdr, Buf: d.Buf, Addr: p.first})
+			ms = append(ms, udpbatch.Message{Head: hdr, Buf: d.Buf, Addr: to})
 		}
 		var n int
 		var err error
 		if wait {
-			n, err = hs.w.Write(ms)
+			n, err = w.Write(ms)
 		} else {
-			n, err = hs.w.TryWrite(ms)
+			n, err = w.TryWrite(ms)
 		}
+		clear(ms)
 		sent += n
 		if err != nil {
 			return sent, err

@@ -381,12 +381,7 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 		buf := *bp
 		for {
 			n, from, err := out.ReadFrom(buf)
-			var pe *PacketError
-			if errors.As(err, &pe) {
-				e.log.Debug("ICMP error", "flow", f.ID, "dst", pe.Dst.String(), "from", pe.Offender.String(), "type", pe.Type, "code", pe.Code)
-				if reporter != nil {
-					reporter.ReportPacketError(pe)
-				}
+			if e.reportedICMP(f, err, reporter) {
 				continue
 			}
 			if err != nil {
@@ -405,6 +400,21 @@ func (e *Engine) relayUDP(ctx context.Context, f *Flow, client, out socks.Packet
 	wg.Wait()
 }
 
+// reportedICMP reports whether err, from an outbound read, is an ICMP
+// error about an earlier datagram, and passes it to the client side where
+// it can take it: the association lives on.
+func (e *Engine) reportedICMP(f *Flow, err error, reporter ErrorReporter) bool {
+	var pe *PacketError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	e.log.Debug("ICMP error", "flow", f.ID, "dst", pe.Dst.String(), "from", pe.Offender.String(), "type", pe.Type, "code", pe.Code)
+	if reporter != nil {
+		reporter.ReportPacketError(pe)
+	}
+	return true
+}
+
 // downBatches is the outbound-to-client half of a UDP relay for an
 // outbound endpoint that reads batches: each batch goes to the client as
 // one batch where the client side takes them (the SOCKS5 server's relay
@@ -415,12 +425,7 @@ func (e *Engine) downBatches(f *Flow, br socks.BatchReader, client socks.PacketC
 	var ds [socks.MaxBatch]socks.Datagram
 	for {
 		n, err := br.ReadBatch(ds[:])
-		var pe *PacketError
-		if errors.As(err, &pe) {
-			e.log.Debug("ICMP error", "flow", f.ID, "dst", pe.Dst.String(), "from", pe.Offender.String(), "type", pe.Type, "code", pe.Code)
-			if reporter != nil {
-				reporter.ReportPacketError(pe)
-			}
+		if e.reportedICMP(f, err, reporter) {
 			continue
 		}
 		if err != nil {
