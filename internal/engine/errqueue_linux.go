@@ -331,7 +331,7 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 func (p *directPacketConn) TryWriteBatchMeta(ds []socks.Datagram, metas []Meta) (int, error) {
 	if p.tryWriter == nil {
 		var err error
-		if p.tryWriter, err = udpbatch.NewWriter(p.uc); err != nil {
+		if p.tryWriter, err = p.newWriter(); err != nil {
 			return 0, err
 		}
 	}
@@ -367,17 +367,60 @@ func (p *directPacketConn) TryWriteBatchMeta(ds []socks.Datagram, metas []Meta) 
 		case errors.Is(err, udpbatch.ErrWouldBlock):
 			return taken, nil
 		case err != nil:
-			_, done, err := p.TryWriteToMeta(ds[taken].Buf, ds[taken].Addr, metas[taken])
+			p.batchFailed(err)
+			_, done, serr := p.TryWriteToMeta(ds[taken].Buf, ds[taken].Addr, metas[taken])
 			if !done {
 				return taken, nil
 			}
-			if err != nil {
-				return taken, err
+			if serr != nil {
+				return taken, serr
 			}
+			p.retried(err)
 			taken++
 		}
 	}
 	return taken, nil
+}
+
+// newWriter returns a batch writer on p's socket. A send that took fewer
+// datagrams than it was given, without an error, may have met the
+// socket's pending error on one after the first: the kernel clears it and
+// drops the code, so the reports it stood for are drained then.
+func (p *directPacketConn) newWriter() (*udpbatch.Writer, error) {
+	w, err := udpbatch.NewWriter(p.uc)
+	if err == nil && p.recvErr {
+		w.Short = p.drainToReader
+	}
+	return w, err
+}
+
+// batchFailed runs before a datagram whose batch send failed with err is
+// sent again on its own. If err was the socket's pending error (an ICMP
+// error about an earlier datagram), the batch call has cleared it, so the
+// single send would not meet it and drain the reports: they are drained
+// now. EMSGSIZE may be this datagram's own (too big for the path), which
+// the single send answers; retried sees to the other case.
+func (p *directPacketConn) batchFailed(err error) {
+	if p.recvErr && IsQueuedError(err) && !errors.Is(err, unix.EMSGSIZE) {
+		p.drainToReader()
+	}
+}
+
+// retried runs once a datagram whose batch send failed with err was sent
+// on its own: an EMSGSIZE was then not about it but pending, from a
+// router's "fragmentation needed" about an earlier one, whose report is
+// drained now.
+func (p *directPacketConn) retried(err error) {
+	if p.recvErr && errors.Is(err, unix.EMSGSIZE) {
+		p.drainToReader()
+	}
+}
+
+// drainToReader hands the socket's queued errors to the reader.
+func (p *directPacketConn) drainToReader() {
+	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+		p.handOver(pes)
+	}
 }
 
 // maxHandedOver bounds the errors waiting for the reader.

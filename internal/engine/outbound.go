@@ -219,7 +219,7 @@ func (p *directPacketConn) WriteTo(b []byte, dst socks.Addr) (int, error) {
 func (p *directPacketConn) WriteBatch(ds []socks.Datagram) (int, error) {
 	if p.writer == nil {
 		var err error
-		if p.writer, err = udpbatch.NewWriter(p.uc); err != nil {
+		if p.writer, err = p.newWriter(); err != nil {
 			return 0, err
 		}
 	}
@@ -238,9 +238,11 @@ func (p *directPacketConn) WriteBatch(ds []socks.Datagram) (int, error) {
 		n, err := p.writer.Write(ms)
 		sent += n
 		if err != nil {
-			if _, err := p.send(ds[sent].Buf, nil, ms[n].Addr); err != nil {
-				return sent, err
+			p.batchFailed(err)
+			if _, serr := p.send(ds[sent].Buf, nil, ms[n].Addr); serr != nil {
+				return sent, serr
 			}
+			p.retried(err)
 			sent++
 			continue
 		}

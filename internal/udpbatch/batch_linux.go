@@ -29,6 +29,7 @@ type Reader struct {
 	segs       []segment
 	base, next int
 	busy       bool
+	zones      zoneCache
 
 	// The state of one Read's system call, for readFn.
 	readFn func(fd uintptr) bool
@@ -223,7 +224,7 @@ func (r *Reader) Datagram(i int) ([]byte, netip.AddrPort) {
 	case unix.AF_INET6:
 		ip := netip.AddrFrom16(sa.Addr)
 		if sa.Scope_id != 0 {
-			ip = ip.WithZone(zoneName(sa.Scope_id))
+			ip = ip.WithZone(r.zones.name(sa.Scope_id))
 		}
 		return b, netip.AddrPortFrom(ip, port(&sa.Port))
 	}
@@ -246,11 +247,18 @@ type Writer struct {
 	iovs  [2 * Size]unix.Iovec
 	names [Size]unix.RawSockaddrInet6
 	cmsgs [Size][gsoCmsgSpace]byte
+	zones zoneCache
 
 	// gsoMax is the largest segment GSO is tried with (0: never): a
 	// segment too large for the path fails with EINVAL, and lowers it.
 	gsoMax int
 	send   func(fd uintptr, hs []unix.Mmsghdr) (int, error) // sendmmsg; tests wrap it
+
+	// Short, when set, is called after a send that took fewer messages
+	// than it was given without an error: the kernel then drops the error
+	// of the first it did not take (which, for the socket's pending
+	// error, clears it). The Writer sends the rest with the next call.
+	Short func()
 
 	// The state of one system call, for writeFn.
 	writeFn func(fd uintptr) bool
@@ -312,8 +320,11 @@ func (w *Writer) write(ms []Message, wait bool) (int, error) {
 			continue // again, without GSO for this size
 		case errno != nil:
 			// The first of the call failed. (A failure after it ends the
-			// call early without an error; the next call meets it.)
+			// call early without an error: see Short.)
 			return sent, &net.OpError{Op: "write", Net: "udp", Source: w.uc.LocalAddr(), Addr: net.UDPAddrFromAddrPort(ms[sent].Addr), Err: os.NewSyscallError("sendmmsg", errno)}
+		}
+		if n < k && w.Short != nil {
+			w.Short()
 		}
 		if n == k && perr != nil {
 			return sent, perr
@@ -342,8 +353,10 @@ func (w *Writer) gsoRefused(errno error, seg int) bool {
 		// The device cannot checksum for us, or the kernel has no GSO.
 		w.gsoMax = 0
 		return true
-	case unix.EINVAL, unix.EMSGSIZE:
-		// A segment larger than the path's MTU.
+	case unix.EINVAL:
+		// A segment larger than the path's MTU. (Not EMSGSIZE: on a
+		// socket with IP_RECVERR that may be a router's report about an
+		// earlier datagram, pending on the socket.)
 		w.gsoMax = min(w.gsoMax, seg-1)
 		return true
 	}
@@ -439,7 +452,7 @@ func (w *Writer) name(i int, ap netip.AddrPort) (uint32, error) {
 	sa := &w.names[i]
 	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16()}
 	if z := ip.Zone(); z != "" {
-		idx, err := zoneIndex(z)
+		idx, err := w.zones.index(z)
 		if err != nil {
 			return 0, err
 		}
@@ -458,6 +471,32 @@ func port(p *uint16) uint16 {
 func setPort(p *uint16, v uint16) {
 	b := (*[2]byte)(unsafe.Pointer(p))
 	b[0], b[1] = byte(v>>8), byte(v)
+}
+
+// zoneCache remembers the last interface a Reader or Writer looked up:
+// the peers of one socket with a zone (link-local IPv6) are mostly on one
+// link, and each lookup is a netlink request.
+type zoneCache struct {
+	idx  uint32
+	zone string
+}
+
+func (c *zoneCache) name(idx uint32) string {
+	if c.zone == "" || c.idx != idx {
+		c.idx, c.zone = idx, zoneName(idx)
+	}
+	return c.zone
+}
+
+func (c *zoneCache) index(zone string) (uint32, error) {
+	if c.zone != zone {
+		idx, err := zoneIndex(zone)
+		if err != nil {
+			return 0, err
+		}
+		c.idx, c.zone = idx, zone
+	}
+	return c.idx, nil
 }
 
 // zoneName names an interface index as net.UDPConn does: the interface's

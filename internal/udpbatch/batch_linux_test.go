@@ -427,3 +427,30 @@ func TestGRO(t *testing.T) {
 		t.Errorf("datagrams per Read = %v, want [3 3 1 1] (the GSO send as one message)", counts)
 	}
 }
+
+// TestZoneCache: zones name interfaces as net.UDPConn does, both ways,
+// and a name that is no interface is an error.
+func TestZoneCache(t *testing.T) {
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skipf("no lo: %v", err)
+	}
+	var c zoneCache
+	for range 2 { // the second time from the cache
+		if got := c.name(uint32(lo.Index)); got != "lo" {
+			t.Errorf("name(%d) = %q, want lo", lo.Index, got)
+		}
+		if idx, err := c.index("lo"); err != nil || idx != uint32(lo.Index) {
+			t.Errorf("index(lo) = %d, %v; want %d", idx, err, lo.Index)
+		}
+	}
+	if idx, err := c.index("7"); err != nil || idx != 7 {
+		t.Errorf("index(7) = %d, %v; want 7 (a numeric zone)", idx, err)
+	}
+	if _, err := c.index("no-such-interface"); err == nil {
+		t.Error("index of an unknown interface succeeded")
+	}
+	if got := c.name(1 << 30); got != "1073741824" {
+		t.Errorf("name of an unknown index = %q, want the number", got)
+	}
+}
