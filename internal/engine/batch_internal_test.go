@@ -89,3 +89,35 @@ func TestBatchSendLeavesICMPToReader(t *testing.T) {
 		})
 	}
 }
+
+// TestGSOProbation: datagrams to a destination go as GSO sends only once
+// it has been sent to for gsoProbation with no ICMP error about it.
+func TestGSOProbation(t *testing.T) {
+	p := &directPacketConn{gsoDsts: make(map[netip.AddrPort]gsoDst)}
+	dst := netip.MustParseAddrPort("198.18.0.9:9")
+	if p.gsoFor(dst) {
+		t.Fatal("GSO for a destination never sent to")
+	}
+	if p.gsoFor(dst) {
+		t.Fatal("GSO for a destination first sent to just now")
+	}
+	long := time.Now().Add(-2 * gsoProbation)
+	p.gsoDsts[dst] = gsoDst{first: long}
+	if !p.gsoFor(dst) {
+		t.Fatal("no GSO for a destination sent to for twice the probation")
+	}
+	// Its IPv4-mapped form is the same destination.
+	if !p.gsoFor(netip.AddrPortFrom(netip.AddrFrom16(dst.Addr().As16()), dst.Port())) {
+		t.Error("the mapped form of the destination is taken for another")
+	}
+	p.gsoDsts[dst] = gsoDst{first: long, lastErr: time.Now()}
+	if p.gsoFor(dst) {
+		t.Error("GSO for a destination with an ICMP error just now")
+	}
+	for i := range maxGSODsts + 1 {
+		p.gsoFor(netip.AddrPortFrom(dst.Addr(), uint16(1000+i)))
+	}
+	if len(p.gsoDsts) > maxGSODsts {
+		t.Errorf("%d destinations remembered, want at most %d", len(p.gsoDsts), maxGSODsts)
+	}
+}

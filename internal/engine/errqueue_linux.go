@@ -215,7 +215,7 @@ func (p *directPacketConn) setDontFragment(df bool) {
 // and losing one is what a lost ICMP error does anyway.
 func (p *directPacketConn) tooBig(dst netip.AddrPort, b []byte) error {
 	var found *PacketError
-	for _, pe := range DrainErrQueue(p.uc) {
+	for _, pe := range p.drainErrs() {
 		if found == nil && (pe.Type == 3 && pe.Code == 4 && !pe.V6 || pe.Type == 2 && pe.V6) {
 			found = pe
 		}
@@ -273,7 +273,7 @@ func (p *directPacketConn) send(b, oob []byte, ap netip.AddrPort) (int, error) {
 		// WriteToMeta answers it.
 		return n, err
 	}
-	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+	if pes := p.drainErrs(); len(pes) > 0 {
 		p.handOver(pes)
 		if n, _, err = p.uc.WriteMsgUDPAddrPort(b, oob, ap); err == nil {
 			return n, nil
@@ -308,7 +308,7 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 		return 0, true, err
 	}
 	// As in send: the error may be about an earlier datagram.
-	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+	if pes := p.drainErrs(); len(pes) > 0 {
 		p.handOver(pes)
 		if n, done, err = socks.TryWriteMsgUDP(p.uc, b, oob, ap); !done || err == nil {
 			return n, done, err
@@ -382,16 +382,79 @@ func (p *directPacketConn) TryWriteBatchMeta(ds []socks.Datagram, metas []Meta) 
 	return taken, nil
 }
 
+// gsoProbation is how long a destination must have been sent to, and
+// without an ICMP error about it, before datagrams to it go as UDP GSO
+// sends: a GSO send that a destination does not take (a closed port) is
+// answered with one ICMP error for all its datagrams, where the client
+// must see one per datagram, as the network would send it.
+const gsoProbation = time.Second
+
+// maxGSODsts bounds the destinations an association remembers for GSO;
+// past it they start over.
+const maxGSODsts = 256
+
+// gsoDst is what an association knows of a destination, for GSO.
+type gsoDst struct{ first, lastErr time.Time }
+
+// gsoFor is the batch writers' udpbatch.Writer.GSOFor: a destination takes
+// GSO sends once it has been sent to for gsoProbation with no ICMP error
+// about it for as long.
+func (p *directPacketConn) gsoFor(to netip.AddrPort) bool {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	now := time.Now()
+	p.gmu.Lock()
+	defer p.gmu.Unlock()
+	d, ok := p.gsoDsts[to]
+	if !ok {
+		if len(p.gsoDsts) >= maxGSODsts {
+			clear(p.gsoDsts)
+		}
+		p.gsoDsts[to] = gsoDst{first: now}
+		return false
+	}
+	return now.Sub(d.first) >= gsoProbation && now.Sub(d.lastErr) >= gsoProbation
+}
+
+// drainErrs drains the socket's queued errors, noting their destinations
+// as not taking GSO sends for a while.
+func (p *directPacketConn) drainErrs() []*PacketError {
+	pes := DrainErrQueue(p.uc)
+	if len(pes) == 0 {
+		return nil
+	}
+	now := time.Now()
+	p.gmu.Lock()
+	for _, pe := range pes {
+		if ap, ok := pe.Dst.AddrPort(); ok {
+			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			d, seen := p.gsoDsts[ap]
+			if !seen {
+				d.first = now
+			}
+			d.lastErr = now
+			if seen || len(p.gsoDsts) < maxGSODsts {
+				p.gsoDsts[ap] = d
+			}
+		}
+	}
+	p.gmu.Unlock()
+	return pes
+}
+
 // newWriter returns a batch writer on p's socket. A send that took fewer
 // datagrams than it was given, without an error, may have met the
 // socket's pending error on one after the first: the kernel clears it and
 // drops the code, so the reports it stood for are drained then.
 func (p *directPacketConn) newWriter() (*udpbatch.Writer, error) {
 	w, err := udpbatch.NewWriter(p.uc)
-	if err == nil && p.recvErr {
+	if err != nil {
+		return nil, err
+	}
+	w.GSOFor = p.gsoFor
+	if p.recvErr {
 		w.Short = p.drainToReader
 	}
-	return w, err
+	return w, nil
 }
 
 // batchFailed runs before a datagram whose batch send failed with err is
@@ -418,7 +481,7 @@ func (p *directPacketConn) retried(err error) {
 
 // drainToReader hands the socket's queued errors to the reader.
 func (p *directPacketConn) drainToReader() {
-	if pes := DrainErrQueue(p.uc); len(pes) > 0 {
+	if pes := p.drainErrs(); len(pes) > 0 {
 		p.handOver(pes)
 	}
 }

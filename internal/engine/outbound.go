@@ -106,7 +106,7 @@ func (d *Direct) ListenUDP(ctx context.Context) (socks.PacketConn, error) {
 	// Without the error queue the association still works; it only cannot
 	// pass ICMP errors on.
 	recvErr := EnableErrQueue(uc) == nil
-	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr), remote: !localClient(ctx)}, nil
+	return &directPacketConn{uc: uc, d: d, recvErr: recvErr, names: make(map[string]netip.Addr), gsoDsts: make(map[netip.AddrPort]gsoDst), remote: !localClient(ctx)}, nil
 }
 
 // maxCachedNames bounds the names one UDP association remembers.
@@ -133,6 +133,9 @@ type directPacketConn struct {
 	// relay's writes the datagrams that had to wait.
 	tryWriter *udpbatch.Writer
 	tryMsgs   [socks.MaxBatch]udpbatch.Message
+
+	gmu     sync.Mutex
+	gsoDsts map[netip.AddrPort]gsoDst // destinations' GSO standing (gsoFor)
 
 	mu     sync.Mutex
 	names  map[string]netip.Addr // names this association sent to
@@ -200,7 +203,7 @@ func (p *directPacketConn) readError(err error) bool {
 	if !p.recvErr || !IsQueuedError(err) {
 		return false
 	}
-	p.pending = DrainErrQueue(p.uc)
+	p.pending = p.drainErrs()
 	return true
 }
 

@@ -254,6 +254,11 @@ type Writer struct {
 	gsoMax int
 	send   func(fd uintptr, hs []unix.Mmsghdr) (int, error) // sendmmsg; tests wrap it
 
+	// GSOFor, when set, says whether datagrams to a destination may go
+	// as one GSO send (a destination that does not take them, a closed
+	// port, answers a GSO send with one ICMP error for all of them).
+	GSOFor func(to netip.AddrPort) bool
+
 	// Short, when set, is called after a send that took fewer messages
 	// than it was given without an error: the kernel then drops the error
 	// of the first it did not take (which, for the socket's pending
@@ -366,7 +371,10 @@ func (w *Writer) gsoRefused(errno error, seg int) bool {
 // gsoRun returns how many messages from ms[0] can go as one GSO send.
 func (w *Writer) gsoRun(ms []Message) int {
 	seg := len(ms[0].Head) + len(ms[0].Buf)
-	if seg == 0 || seg > w.gsoMax || len(ms[0].OOB) > 0 {
+	if seg == 0 || seg > w.gsoMax || len(ms[0].OOB) > 0 || len(ms) < 2 || ms[1].Addr != ms[0].Addr {
+		return 1
+	}
+	if w.GSOFor != nil && !w.GSOFor(ms[0].Addr) {
 		return 1
 	}
 	n, total := 1, seg

@@ -310,6 +310,11 @@ func TestGSORun(t *testing.T) {
 			if got := w.gsoRun(tc.ms); got != tc.want {
 				t.Errorf("gsoRun = %d, want %d", got, tc.want)
 			}
+			// A destination GSOFor refuses gets one datagram per send.
+			w.GSOFor = func(to netip.AddrPort) bool { return to != a }
+			if got := w.gsoRun(tc.ms); got != 1 && tc.ms[0].Addr == a {
+				t.Errorf("gsoRun with GSO refused for %v = %d, want 1", a, got)
+			}
 		})
 	}
 }
