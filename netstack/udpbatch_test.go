@@ -340,17 +340,23 @@ func (d *usoPipe) WriteVnet(frames [][]byte) (int, error) {
 	return len(frames), nil
 }
 
+// usoMapping is the mapping of client 198.18.0.2:40000 on a link over
+// dev, with no stack around it: enough for WriteBatch.
+func usoMapping(dev *usoPipe) *udpMapping {
+	return &udpMapping{
+		u:      &udpMapper{s: &Stack{link: newLink(dev)}},
+		client: netip.AddrPortFrom(clientV4, 40000),
+		closed: make(chan struct{}),
+	}
+}
+
 // TestUDPWriteBatchUSO: datagrams to the client leave as one device write
 // per batch, consecutive ones from one peer of one size as one UDP
 // super-packet; a datagram that cannot be written ends the batch there.
 func TestUDPWriteBatchUSO(t *testing.T) {
 	pipe, _ := newPipe(1500)
 	dev := &usoPipe{pipeDevice: pipe}
-	m := &udpMapping{
-		u:      &udpMapper{s: &Stack{link: newLink(dev)}},
-		client: netip.AddrPortFrom(clientV4, 40000),
-		closed: make(chan struct{}),
-	}
+	m := usoMapping(dev)
 	a := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 9))
 	b := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 10))
 	d := func(from socks.Addr, size int) socks.Datagram { return socks.Datagram{Buf: pattern(size), Addr: from} }
@@ -399,11 +405,7 @@ func TestUDPWriteBatchUSO(t *testing.T) {
 func TestUDPWriteBatchUSORefused(t *testing.T) {
 	pipe, client := newPipe(1500)
 	dev := &usoPipe{pipeDevice: pipe, refuse: true}
-	m := &udpMapping{
-		u:      &udpMapper{s: &Stack{link: newLink(dev)}},
-		client: netip.AddrPortFrom(clientV4, 40000),
-		closed: make(chan struct{}),
-	}
+	m := usoMapping(dev)
 	a := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 9))
 	b := socks.AddrFromAddrPort(netip.AddrPortFrom(serverV4, 10))
 	// b's one is a frame of its own (written), a's three a super-packet
