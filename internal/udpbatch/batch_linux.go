@@ -92,7 +92,7 @@ func (r *Reader) Read(limit int) (int, error) {
 	}
 	r.vlen = 1
 	if r.busy {
-		r.vlen = min(limit, r.take())
+		r.vlen = r.take(min(limit, Size))
 	}
 	r.waited, r.got = false, 0
 	err := r.rc.Read(r.readFn)
@@ -169,14 +169,15 @@ func groSize(oob []byte) int {
 	return int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
 }
 
-// take makes sure every slot has a buffer and returns the batch size.
-func (r *Reader) take() int {
-	for i := 1; i < Size; i++ {
+// take makes sure the first n slots have a buffer and returns n: a Read
+// for fewer datagrams than a batch (ReadFrom's one) borrows no more.
+func (r *Reader) take(n int) int {
+	for i := 1; i < n; i++ {
 		if r.bufs[i] == nil {
 			r.bufs[i] = slots.Get().(*[]byte)
 		}
 	}
-	return Size
+	return n
 }
 
 // release gives back the buffers from index from on.
