@@ -226,9 +226,17 @@ func (l *link) deliver(b []byte) { l.deliverVia(b, true) }
 // super-packet whole.
 func (l *link) deliverDirect(b []byte) { l.deliverVia(b, false) }
 
-func (l *link) deliverVia(b []byte, viaGRO bool) {
+func (l *link) deliverVia(b []byte, viaGRO bool) { l.deliverInVia(b, nil, viaGRO) }
+
+// deliverIn is deliverDirect for a packet b at the start of view pv: the
+// stack may take pv, with b's payload in it, instead of a copy (took).
+func (l *link) deliverIn(b []byte, pv *buffer.View) (took bool) {
+	return l.deliverInVia(b, pv, false)
+}
+
+func (l *link) deliverInVia(b []byte, pv *buffer.View, viaGRO bool) (took bool) {
 	if len(b) == 0 {
-		return
+		return false
 	}
 	var proto tcpip.NetworkProtocolNumber
 	switch header.IPVersion(b) {
@@ -243,13 +251,15 @@ func (l *link) deliverVia(b []byte, viaGRO bool) {
 			return
 		}
 	default:
-		return
+		return false
 	}
 	if l.gro.Dispatcher == nil {
-		return
+		return false
 	}
+	var data buffer.Buffer
+	data, took = packetDataIn(b, pv)
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
-		Payload: packetData(b),
+		Payload: data,
 	})
 	pkt.NetworkProtocolNumber = proto
 	pkt.RXChecksumValidated = true
@@ -259,6 +269,7 @@ func (l *link) deliverVia(b []byte, viaGRO bool) {
 		l.gro.Dispatcher.DeliverNetworkPacket(proto, pkt)
 	}
 	pkt.DecRef()
+	return took
 }
 
 // splitMin is the packet size from which packetData keeps the headers
@@ -278,6 +289,27 @@ func packetData(b []byte) buffer.Buffer {
 		return buf
 	}
 	return buffer.MakeWithData(b)
+}
+
+// lendMin is the payload size from which a packet read into a view of
+// its own leaves its payload there (packetDataIn): copied, it would take a
+// chunk of 64 KiB anyway, and the copy would be all the saving.
+const lendMin = 32 << 10
+
+// packetDataIn is packetData for a packet b at the start of view pv (pv
+// may be nil): a large TCP or UDP payload stays in pv, which the buffer
+// takes (took), and only the headers are copied.
+func packetDataIn(b []byte, pv *buffer.View) (_ buffer.Buffer, took bool) {
+	if pv != nil && len(b) <= pv.Size() && &b[0] == &pv.AsSlice()[0] {
+		if n := headersLen(b); n > 0 && len(b)-n >= lendMin {
+			buf := buffer.MakeWithData(b[:n])
+			pv.CapLength(len(b))
+			pv.TrimFront(n)
+			buf.Append(pv)
+			return buf, true
+		}
+	}
+	return packetData(b), false
 }
 
 // headersLen returns the length of the IP and TCP or UDP headers at the

@@ -47,6 +47,7 @@ var (
 // in-memory endpoint the test drives.
 type fakeOut struct {
 	echo    string
+	sndBuf  int // when set, the SO_SNDBUF of the TCP connections dialed
 	dialErr error
 	udpErr  error
 	delay   time.Duration
@@ -80,7 +81,11 @@ func (f *fakeOut) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error)
 		return nil, f.dialErr
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, "tcp", f.echo)
+	c, err := d.DialContext(ctx, "tcp", f.echo)
+	if err == nil && f.sndBuf > 0 {
+		c.(*net.TCPConn).SetWriteBuffer(f.sndBuf)
+	}
+	return c, err
 }
 
 func (f *fakeOut) ListenUDP(context.Context) (socks.PacketConn, error) {

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -125,9 +126,18 @@ type tcpConn struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	// lend and take are ReadVectors' writers, kept for the next call (a
+	// relay direction reads the connection from one goroutine at a time).
+	lend lender
+	take taker
 }
 
-var _ engine.ReadNotifier = (*tcpConn)(nil)
+var (
+	_ engine.ReadNotifier  = (*tcpConn)(nil)
+	_ engine.VectorReader  = (*tcpConn)(nil)
+	_ engine.PayloadWriter = (*tcpConn)(nil)
+)
 
 // readEvents are the events after which a Read does not block.
 const readEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
@@ -189,6 +199,142 @@ func (c *tcpConn) Read(b []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	return c.TCPConn.Read(b)
+}
+
+// Buffered implements engine.VectorReader: the bytes in the endpoint's
+// receive queue.
+func (c *tcpConn) Buffered() int {
+	if c.isClosed() {
+		return 0
+	}
+	n, err := c.ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// ReadVectors implements engine.VectorReader. It peeks at the receive
+// queue, which hands over the segments' own views (the endpoint's lock
+// held, so that none of them is freed or reused meanwhile), calls fn with
+// them from inside the peek, and then consumes what fn took, which moves
+// the receive window on as a Read would.
+func (c *tcpConn) ReadVectors(max int, fn func([][]byte) int) (int, error) {
+	want := min(c.Buffered(), max)
+	if want <= 0 {
+		return 0, engine.ErrNotBuffered
+	}
+	c.lend.start(want, fn)
+	c.ep.Read(&c.lend, tcpip.ReadOptions{Peek: true})
+	took, called := c.lend.end()
+	if !called {
+		// The queue held less than it said: reset meanwhile.
+		return 0, engine.ErrNotBuffered
+	}
+	if took > 0 {
+		c.take.left = took
+		c.ep.Read(&c.take, tcpip.ReadOptions{})
+		c.ep.ModerateRecvBuf(took)
+	}
+	return took, nil
+}
+
+// errLent stops a peek or a consuming read once it has what it wants.
+var errLent = errors.New("netstack: lent")
+
+// lender is the writer of ReadVectors' peek: it gathers views until it
+// has want bytes, then calls fn with them, while they are still valid.
+type lender struct {
+	want, have int
+	bufs       [][]byte
+	fn         func([][]byte) int
+	took       int
+	called     bool
+}
+
+func (l *lender) start(want int, fn func([][]byte) int) {
+	l.want, l.have, l.fn, l.took, l.called = want, 0, fn, 0, false
+	l.bufs = l.bufs[:0]
+}
+
+// Write implements io.Writer for the endpoint's peek.
+func (l *lender) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if r := l.want - l.have; len(p) > r {
+		p = p[:r]
+	}
+	l.bufs = append(l.bufs, p)
+	l.have += len(p)
+	if l.have < l.want {
+		return len(p), nil
+	}
+	l.took = l.fn(l.bufs)
+	l.called = true
+	return len(p), errLent
+}
+
+// end returns what fn took and whether it was called, and drops the
+// views, which are no longer valid.
+func (l *lender) end() (int, bool) {
+	clear(l.bufs)
+	l.bufs = l.bufs[:0]
+	l.fn = nil
+	return l.took, l.called
+}
+
+// taker is the writer of ReadVectors' consuming read: it accepts left
+// bytes and refuses the rest.
+type taker struct{ left int }
+
+// Write implements io.Writer for the endpoint's read.
+func (t *taker) Write(p []byte) (int, error) {
+	if len(p) <= t.left {
+		t.left -= len(p)
+		return len(p), nil
+	}
+	n := t.left
+	t.left = 0
+	return n, errLent
+}
+
+// WritePayload implements engine.PayloadWriter: the endpoint reads p
+// into the chunks of the segments it sends, without a copy in between.
+func (c *tcpConn) WritePayload(p engine.Payload) (int, error) {
+	if c.isClosed() {
+		return 0, net.ErrClosed
+	}
+	n, err := c.ep.Write(p, tcpip.WriteOptions{})
+	switch err.(type) {
+	case nil:
+		return int(n), nil
+	case *tcpip.ErrWouldBlock:
+		return 0, engine.ErrNoRoom
+	}
+	return int(n), &net.OpError{Op: "write", Net: "tcp", Err: errors.New(err.String())}
+}
+
+// writeEvents are the events after which a write does not block.
+const writeEvents = waiter.WritableEvents | waiter.EventHUp | waiter.EventErr
+
+// WaitRoom implements engine.PayloadWriter.
+func (c *tcpConn) WaitRoom() error {
+	if c.ep.Readiness(writeEvents) != 0 {
+		return nil
+	}
+	entry, ch := waiter.NewChannelEntry(writeEvents)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	if c.ep.Readiness(writeEvents) != 0 {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-c.closed:
+		return net.ErrClosed
+	}
 }
 
 // Close closes the connection and fires a pending NotifyRead callback.

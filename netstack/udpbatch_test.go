@@ -200,6 +200,13 @@ func TestUDPPushBatch(t *testing.T) {
 	}
 }
 
+// readv copies f into head, then what does not fit into tail, as the
+// system call does.
+func readv(head, tail, f []byte) int {
+	n := copy(head, f)
+	return n + copy(tail, f[n:])
+}
+
 // busyVnetDev is a pipeDevice whose reads go through ReadVnetIdle: frames
 // the test queues on frames, and a call of idle whenever none is waiting,
 // unless busy says to behave as a device that never runs dry.
@@ -213,11 +220,11 @@ type busyVnetDev struct {
 func (d *busyVnetDev) VnetHdr() bool                { return true }
 func (d *busyVnetDev) ReadVnet([]byte) (int, error) { panic("ReadVnetIdle is there") }
 
-func (d *busyVnetDev) ReadVnetIdle(frame []byte, idle func()) (int, error) {
+func (d *busyVnetDev) ReadVnetIdle(head, tail []byte, idle func()) (int, error) {
 	for {
 		select {
 		case f := <-d.frames:
-			return copy(frame, f), nil
+			return readv(head, tail, f), nil
 		default:
 		}
 		if !d.busy.Load() {
@@ -225,7 +232,7 @@ func (d *busyVnetDev) ReadVnetIdle(frame []byte, idle func()) (int, error) {
 		}
 		select {
 		case f := <-d.frames:
-			return copy(frame, f), nil
+			return readv(head, tail, f), nil
 		case <-d.wake:
 		case <-d.closed:
 			return 0, os.ErrClosed

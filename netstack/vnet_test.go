@@ -3,9 +3,11 @@ package netstack
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -81,54 +83,85 @@ func TestDeliverFrame(t *testing.T) {
 	udp4 := ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))
 	udp6 := ipPacket(true, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))
 	tso := ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(30000)))
+	big := ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(lendMin)))
+	big6 := ipPacket(true, uint8(header.TCPProtocolNumber), tcpSegment(pattern(65000)))
+	almost := ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(lendMin-1)))
 	for _, tc := range []struct {
 		name  string
 		frame []byte
 		want  []int // lengths of the packets delivered
+		lend  bool  // read into a view, the stack takes it
 	}{
-		{"plain packet", vnetFrame(vnetGSONone, 0, 0, udp4), []int{len(udp4)}},
-		{"TSO super-packet, whole", vnetFrame(vnetGSOTCPv4, 1448, 20, tso), []int{len(tso)}},
-		{"TSO with the ECN bit", vnetFrame(vnetGSOTCPv4|vnetGSOECNBit, 1448, 20, tso), []int{len(tso)}},
-		{"USO IPv4 in three", vnetFrame(vnetGSOUDPL4, 100, 20, udp4), []int{128, 128, 78}},
-		{"USO IPv6 in three", vnetFrame(vnetGSOUDPL4, 100, 40, udp6), []int{148, 148, 98}},
-		{"USO, one segment", vnetFrame(vnetGSOUDPL4, 1000, 20, udp4), []int{len(udp4)}},
-		{"USO without a segment size", vnetFrame(vnetGSOUDPL4, 0, 20, udp4), nil},
-		{"USO with a short IP header", vnetFrame(vnetGSOUDPL4, 100, 8, udp4), nil},
-		{"USO beyond the packet", vnetFrame(vnetGSOUDPL4, 100, 2000, udp4), nil},
-		{"unknown GSO type", vnetFrame(3, 100, 20, udp4), nil},
-		{"header only", vnetFrame(vnetGSONone, 0, 0, nil), nil},
-		{"short header", []byte{0, 0, 0}, nil},
+		{"plain packet", vnetFrame(vnetGSONone, 0, 0, udp4), []int{len(udp4)}, false},
+		{"TSO super-packet, whole", vnetFrame(vnetGSOTCPv4, 1448, 20, tso), []int{len(tso)}, false},
+		{"TSO with the ECN bit", vnetFrame(vnetGSOTCPv4|vnetGSOECNBit, 1448, 20, tso), []int{len(tso)}, false},
+		{"TSO, payload lent", vnetFrame(vnetGSOTCPv4, 1448, 20, big), []int{len(big)}, true},
+		{"TSO IPv6, payload lent", vnetFrame(vnetGSOTCPv6, 1448, 40, big6), []int{len(big6)}, true},
+		{"TSO, a byte short of lending", vnetFrame(vnetGSOTCPv4, 1448, 20, almost), []int{len(almost)}, false},
+		{"USO IPv4 in three", vnetFrame(vnetGSOUDPL4, 100, 20, udp4), []int{128, 128, 78}, false},
+		{"USO IPv6 in three", vnetFrame(vnetGSOUDPL4, 100, 40, udp6), []int{148, 148, 98}, false},
+		{"USO, one segment", vnetFrame(vnetGSOUDPL4, 1000, 20, udp4), []int{len(udp4)}, false},
+		{"USO without a segment size", vnetFrame(vnetGSOUDPL4, 0, 20, udp4), nil, false},
+		{"USO with a short IP header", vnetFrame(vnetGSOUDPL4, 100, 8, udp4), nil, false},
+		{"USO beyond the packet", vnetFrame(vnetGSOUDPL4, 100, 2000, udp4), nil, false},
+		{"unknown GSO type", vnetFrame(3, 100, 20, udp4), nil, false},
+		{"header only", vnetFrame(vnetGSONone, 0, 0, nil), nil, false},
+		{"short header", []byte{0, 0, 0}, nil, false},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var rec recorder
-			l := &link{}
-			l.gro.Dispatcher = &rec
-			l.deliverFrame(tc.frame, nil)
-			if len(rec.pkts) != len(tc.want) {
-				t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(tc.want))
-			}
-			pkt := tc.frame[min(len(tc.frame), vnetHdrLen):]
-			hdrLen := 0
-			if len(tc.want) > 1 {
-				hdrLen = headersLen(pkt)
-			}
-			var payload []byte
-			for i, p := range rec.pkts {
-				if len(p) != tc.want[i] {
-					t.Errorf("packet %d: %d bytes, want %d", i, len(p), tc.want[i])
-				}
-				if len(tc.want) == 1 && !bytes.Equal(p, pkt) {
-					t.Errorf("packet changed on the way")
-				}
-				if len(tc.want) > 1 {
-					checkSegment(t, i, p, hdrLen)
-					payload = append(payload, p[hdrLen:]...)
-				}
-			}
-			if len(tc.want) > 1 && !bytes.Equal(payload, pkt[hdrLen:]) {
-				t.Errorf("segments' payloads do not add up to the super-packet's")
-			}
-		})
+		for _, inView := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/view=%v", tc.name, inView), func(t *testing.T) {
+				checkDeliverFrame(t, tc.frame, tc.want, inView, tc.lend && inView)
+			})
+		}
+	}
+}
+
+// checkDeliverFrame delivers frame, its packet in a view or not, and
+// checks the packets the stack got (their lengths are want) and whether it
+// took the view.
+func checkDeliverFrame(t *testing.T, frame []byte, want []int, inView, lend bool) {
+	t.Helper()
+	var rec recorder
+	l := &link{}
+	l.gro.Dispatcher = &rec
+	hdr, orig := frame[:min(len(frame), vnetHdrLen)], frame[min(len(frame), vnetHdrLen):]
+	pkt := orig
+	var pv *buffer.View
+	if inView {
+		pv = newPacketView()
+		copy(pv.AsSlice(), pkt)
+		pkt = pv.AsSlice()[:len(pkt)]
+	}
+	_, took := l.deliverFrame(hdr, pkt, pv, nil)
+	if took != lend {
+		t.Errorf("view taken %v, want %v", took, lend)
+	}
+	if pv != nil && !took {
+		pv.Release()
+	}
+	if len(rec.pkts) != len(want) {
+		t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(want))
+	}
+	// The checks look at orig: a view the stack took is no longer ours.
+	hdrLen := 0
+	if len(want) > 1 {
+		hdrLen = headersLen(orig)
+	}
+	var payload []byte
+	for i, p := range rec.pkts {
+		if len(p) != want[i] {
+			t.Errorf("packet %d: %d bytes, want %d", i, len(p), want[i])
+		}
+		if len(want) == 1 && !bytes.Equal(p, orig) {
+			t.Errorf("packet changed on the way")
+		}
+		if len(want) > 1 {
+			checkSegment(t, i, p, hdrLen)
+			payload = append(payload, p[hdrLen:]...)
+		}
+	}
+	if len(want) > 1 && !bytes.Equal(payload, orig[hdrLen:]) {
+		t.Errorf("segments' payloads do not add up to the super-packet's")
 	}
 }
 
@@ -180,22 +213,37 @@ func TestHeadersLen(t *testing.T) {
 // panics, delivers nothing longer than the frame's packet, and a USO
 // split delivers exactly the super-packet's payload.
 func FuzzDeliverFrame(f *testing.F) {
-	f.Add(vnetFrame(vnetGSOUDPL4, 100, 20, ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))))
-	f.Add(vnetFrame(vnetGSOUDPL4, 7, 40, ipPacket(true, uint8(header.UDPProtocolNumber), udpDatagram(pattern(50)))))
-	f.Add(vnetFrame(vnetGSOTCPv6, 1440, 40, ipPacket(true, uint8(header.TCPProtocolNumber), tcpSegment(pattern(3000)))))
-	f.Add(vnetFrame(vnetGSONone, 0, 0, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(nil))))
-	f.Fuzz(func(t *testing.T, frame []byte) {
+	f.Add(vnetFrame(vnetGSOUDPL4, 100, 20, ipPacket(false, uint8(header.UDPProtocolNumber), udpDatagram(pattern(250)))), false)
+	f.Add(vnetFrame(vnetGSOUDPL4, 7, 40, ipPacket(true, uint8(header.UDPProtocolNumber), udpDatagram(pattern(50)))), false)
+	f.Add(vnetFrame(vnetGSOTCPv6, 1440, 40, ipPacket(true, uint8(header.TCPProtocolNumber), tcpSegment(pattern(3000)))), true)
+	f.Add(vnetFrame(vnetGSONone, 0, 0, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(nil))), false)
+	f.Add(vnetFrame(vnetGSOTCPv4, 1448, 20, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(lendMin)))), true)
+	f.Fuzz(func(t *testing.T, frame []byte, inView bool) {
 		var rec recorder
 		l := &link{}
 		l.gro.Dispatcher = &rec
-		l.deliverFrame(frame, nil)
+		hdr, pkt := frame[:min(len(frame), vnetHdrLen)], frame[min(len(frame), vnetHdrLen):]
+		orig := pkt
+		var pv *buffer.View
+		if inView && len(pkt) <= maxPacket {
+			// As the reader has it: the packet at the start of a view.
+			pv = newPacketView()
+			pkt = pv.AsSlice()[:copy(pv.AsSlice(), pkt)]
+		}
+		if _, took := l.deliverFrame(hdr, pkt, pv, nil); !took && pv != nil {
+			pv.Release()
+		}
+		uso := len(hdr) == vnetHdrLen && hdr[vnetGSOTypeOff]&^vnetGSOECNBit == vnetGSOUDPL4
+		if !uso && len(rec.pkts) == 1 && !bytes.Equal(rec.pkts[0], orig) {
+			t.Fatal("packet changed on the way")
+		}
 		if len(frame) <= vnetHdrLen {
 			if len(rec.pkts) != 0 {
 				t.Fatal("delivered a packet from a frame without one")
 			}
 			return
 		}
-		pkt := frame[vnetHdrLen:]
+		pkt = orig
 		total := 0
 		for _, p := range rec.pkts {
 			if len(p) > len(pkt) {

@@ -29,6 +29,7 @@ type Device struct {
 	vnet     *os.File // the descriptor, when it takes virtio-net headers
 	vnetRC   syscall.RawConn
 	uso      bool // the kernel takes and gives UDP super-packets (TUN_F_USO)
+	vread    vnetRead
 
 	created bool           // Open created the device (not adopted)
 	added   []netip.Prefix // addresses Open added to an adopted device

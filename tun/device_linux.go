@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -404,26 +405,33 @@ func (d *Device) WriteVnet(frames [][]byte) (int, error) {
 // each time it finds no frame waiting and is about to wait for one. A
 // caller that gathers work while frames keep coming (datagrams to send as
 // one batch) finishes it there, and never leaves it waiting longer than
-// the device is busy.
-func (d *Device) ReadVnetIdle(frame []byte, idle func()) (int, error) {
+// the device is busy. The frame is read into head, and what does not fit
+// there into tail (one readv): a caller can have the packet land in a
+// buffer of its own choosing, the header apart. Calls must not overlap.
+func (d *Device) ReadVnetIdle(head, tail []byte, idle func()) (int, error) {
 	if d.vnet == nil {
 		return 0, errNoVnet
 	}
-	var n int
-	var rerr error
-	err := d.vnetRC.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = unix.Read(int(fd), frame)
-			if rerr != unix.EINTR {
-				break
-			}
+	r := &d.vread
+	if r.fn == nil {
+		r.fn = r.read
+	}
+	r.iov = r.iovs[:0]
+	for _, b := range [2][]byte{head, tail} {
+		if len(b) > 0 {
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			r.iov = append(r.iov, v)
 		}
-		if rerr == unix.EAGAIN {
-			idle()
-			return false
-		}
-		return true
-	})
+	}
+	if len(r.iov) == 0 {
+		return 0, nil
+	}
+	r.idle = idle
+	err := d.vnetRC.Read(r.fn)
+	n, rerr := r.n, r.err
+	clear(r.iovs[:])
+	r.idle, r.err = nil, nil
 	switch {
 	case err != nil:
 		// The poller's own errors (poll.ErrFileClosing, not os.ErrClosed)
@@ -437,6 +445,37 @@ func (d *Device) ReadVnetIdle(frame []byte, idle func()) (int, error) {
 		return 0, fmt.Errorf("tun: %s: %w", d.name, rerr)
 	}
 	return n, nil
+}
+
+// vnetRead is ReadVnetIdle's state, kept from one call to the next so
+// that a read allocates nothing: the iovecs, and the RawConn callback.
+type vnetRead struct {
+	iovs [2]unix.Iovec
+	iov  []unix.Iovec
+	idle func()
+	fn   func(fd uintptr) bool
+	n    int
+	err  error
+}
+
+// read is the RawConn callback: one readv, false (wait) when the device
+// has nothing, after calling idle.
+func (r *vnetRead) read(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&r.iov[0])), uintptr(len(r.iov)))
+		r.n, r.err = int(n), nil
+		if e != 0 {
+			r.n, r.err = 0, e
+		}
+		if e != unix.EINTR {
+			break
+		}
+	}
+	if r.err == unix.EAGAIN {
+		r.idle()
+		return false
+	}
+	return true
 }
 
 // ReadVnet reads one frame as the kernel hands it over: a 10-byte

@@ -381,7 +381,7 @@ func TestReadVnetIdle(t *testing.T) {
 		go func() {
 			frame := make([]byte, MaxHeadroom+65535)
 			idles := 0
-			n, err := d.ReadVnetIdle(frame, func() { idles++ })
+			n, err := d.ReadVnetIdle(frame[:10], frame[10:], func() { idles++ })
 			ch <- result{frame[:n], idles, err}
 		}()
 		return ch

@@ -19,6 +19,9 @@ func Open(cfg Config) (*Device, error) {
 	return nil, errUnsupported
 }
 
+// vnetRead is the state of a frame read, which only Linux has.
+type vnetRead struct{}
+
 // Close is only supported on Linux.
 func (d *Device) Close() error { return errUnsupported }
 

@@ -128,6 +128,12 @@ type direction struct {
 	ended    *atomic.Int32
 	abort    func()
 	lazy     lazyReader // reads src without a buffer until data is there
+	// vec, when src lends its buffers and dst is a kernel socket, writes
+	// them to dst without a relay buffer (nil otherwise); fill, when src
+	// is a kernel socket and dst reads payloads into buffers of its own,
+	// has dst read src (nil otherwise).
+	vec  *vectorWriter
+	fill *socketFiller
 	// size is the buffer the next read takes: it doubles after a read
 	// that filled the buffer, up to relayGrowth times the configured
 	// size, and halves after one that used little of it. A bulk transfer
@@ -149,6 +155,8 @@ func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *ato
 	d := &direction{e: e, f: f, dst: dst, src: src, upward: upward, ended: ended, abort: abort}
 	d.size = e.settings.RelayBufferSize()
 	d.lazy.init(src, func() int { return d.size })
+	d.vec = newVectorWriter(src, dst)
+	d.fill = newSocketFiller(src, dst)
 	return d
 }
 
@@ -222,6 +230,16 @@ func (d *direction) drain(rn ReadNotifier) bool {
 // whether the direction goes on, and, with wait false, whether the read
 // found nothing (idle) instead of waiting for data.
 func (d *direction) step(wait bool) (more, idle bool) {
+	if d.vec != nil {
+		if more, ok := d.stepVector(); ok {
+			return more, false
+		}
+	}
+	if d.fill != nil {
+		if more, ok := d.stepFill(); ok {
+			return more, false
+		}
+	}
 	bp, n, rerr := d.lazy.read(wait)
 	if rerr == errWouldBlock {
 		return true, true
@@ -239,17 +257,10 @@ func (d *direction) step(wait bool) (more, idle bool) {
 			d.size = d.e.settings.RelayBufferSize()
 		}
 		if werr != nil {
-			if isReset(werr) {
-				reset(d.src)
-			}
-			d.abort()
+			d.writeFailed(werr)
 			return false, false
 		}
-		if d.upward {
-			d.f.AddUp(n)
-		} else {
-			d.f.AddDown(n)
-		}
+		d.count(n)
 	} else if bp != nil {
 		putRelayBuf(bp)
 	}
@@ -270,6 +281,24 @@ func (d *direction) step(wait bool) (more, idle bool) {
 	}
 	d.abort()
 	return false, false
+}
+
+// count adds n bytes that dst accepted to the flow's counters.
+func (d *direction) count(n int) {
+	if d.upward {
+		d.f.AddUp(n)
+	} else {
+		d.f.AddDown(n)
+	}
+}
+
+// writeFailed ends the relay after dst refused a write with err: a reset
+// by dst's peer is passed on to src's as a reset.
+func (d *direction) writeFailed(err error) {
+	if isReset(err) {
+		reset(d.src)
+	}
+	d.abort()
 }
 
 // isReset reports whether err is the peer resetting the connection.
