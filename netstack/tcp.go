@@ -134,9 +134,8 @@ type tcpConn struct {
 }
 
 var (
-	_ engine.ReadNotifier  = (*tcpConn)(nil)
-	_ engine.VectorReader  = (*tcpConn)(nil)
-	_ engine.PayloadWriter = (*tcpConn)(nil)
+	_ engine.ReadNotifier = (*tcpConn)(nil)
+	_ engine.VectorReader = (*tcpConn)(nil)
 )
 
 // readEvents are the events after which a Read does not block.
@@ -297,44 +296,6 @@ func (t *taker) Write(p []byte) (int, error) {
 	n := t.left
 	t.left = 0
 	return n, errLent
-}
-
-// WritePayload implements engine.PayloadWriter: the endpoint reads p
-// into the chunks of the segments it sends, without a copy in between.
-func (c *tcpConn) WritePayload(p engine.Payload) (int, error) {
-	if c.isClosed() {
-		return 0, net.ErrClosed
-	}
-	n, err := c.ep.Write(p, tcpip.WriteOptions{})
-	switch err.(type) {
-	case nil:
-		return int(n), nil
-	case *tcpip.ErrWouldBlock:
-		return 0, engine.ErrNoRoom
-	}
-	return int(n), &net.OpError{Op: "write", Net: "tcp", Err: errors.New(err.String())}
-}
-
-// writeEvents are the events after which a write does not block.
-const writeEvents = waiter.WritableEvents | waiter.EventHUp | waiter.EventErr
-
-// WaitRoom implements engine.PayloadWriter.
-func (c *tcpConn) WaitRoom() error {
-	if c.ep.Readiness(writeEvents) != 0 {
-		return nil
-	}
-	entry, ch := waiter.NewChannelEntry(writeEvents)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	if c.ep.Readiness(writeEvents) != 0 {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-c.closed:
-		return net.ErrClosed
-	}
 }
 
 // Close closes the connection and fires a pending NotifyRead callback.

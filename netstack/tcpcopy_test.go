@@ -72,8 +72,7 @@ func slowPeer(t *testing.T, up bool, data []byte) string {
 // with the receiving side slower than the sender, arrives whole and in
 // order, and is counted. Going up, the gateway hands the stack's own
 // buffers to its socket (engine.VectorReader) and the socket keeps
-// refusing part of them; going down, the stack reads the socket into its
-// own buffers (engine.PayloadWriter) and keeps running out of room.
+// refusing part of them; going down, the stack keeps running out of room.
 func TestTCPSlowPeers(t *testing.T) {
 	checkLeaks(t)
 	data := patternBytes(4 << 20)

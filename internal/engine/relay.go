@@ -129,11 +129,8 @@ type direction struct {
 	abort    func()
 	lazy     lazyReader // reads src without a buffer until data is there
 	// vec, when src lends its buffers and dst is a kernel socket, writes
-	// them to dst without a relay buffer (nil otherwise); fill, when src
-	// is a kernel socket and dst reads payloads into buffers of its own,
-	// has dst read src (nil otherwise).
-	vec  *vectorWriter
-	fill *socketFiller
+	// them to dst without a relay buffer (nil otherwise).
+	vec *vectorWriter
 	// size is the buffer the next read takes: it doubles after a read
 	// that filled the buffer, up to relayGrowth times the configured
 	// size, and halves after one that used little of it. A bulk transfer
@@ -156,7 +153,6 @@ func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *ato
 	d.size = e.settings.RelayBufferSize()
 	d.lazy.init(src, func() int { return d.size })
 	d.vec = newVectorWriter(src, dst)
-	d.fill = newSocketFiller(src, dst)
 	return d
 }
 
@@ -232,11 +228,6 @@ func (d *direction) drain(rn ReadNotifier) bool {
 func (d *direction) step(wait bool) (more, idle bool) {
 	if d.vec != nil {
 		if more, ok := d.stepVector(); ok {
-			return more, false
-		}
-	}
-	if d.fill != nil {
-		if more, ok := d.stepFill(); ok {
 			return more, false
 		}
 	}
