@@ -20,6 +20,9 @@
 // that direction while it is idle. StartTCP (the TUN side's) does not keep
 // the caller's goroutine either: the outbound side is watched by one that
 // never copies, so an idle connection costs one small goroutine stack.
+// A client side that can lend what it has buffered (VectorReader: the
+// netstack's connections) has it written to a kernel socket with one
+// writev of its own buffers, without a relay buffer in between.
 // Datagrams from a client side that receives them on its own goroutine
 // (PacketPusher) may be sent on that goroutine, one by one or in batches,
 // when the outbound socket takes them at once (MetaTryWriter,
