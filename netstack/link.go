@@ -59,6 +59,9 @@ type link struct {
 	// intercept, when set, sees inbound ICMP and ICMPv6 packets first and
 	// reports whether it consumed them. Set before start.
 	intercept func([]byte) bool
+	// udp, when set, sees inbound UDP packets first and reports whether
+	// it took them (the mapper's way around the stack).
+	udp func([]byte) bool
 
 	// idle, when set, is called by the reader whenever the device has no
 	// packet waiting, before it waits for one: work gathered while
@@ -242,13 +245,19 @@ func (l *link) deliverInVia(b []byte, pv *buffer.View, viaGRO bool) (took bool) 
 	switch header.IPVersion(b) {
 	case header.IPv4Version:
 		proto = header.IPv4ProtocolNumber
+		if l.udp != nil && len(b) > ipv4ProtoOff && b[ipv4ProtoOff] == uint8(header.UDPProtocolNumber) && l.udp(b) {
+			return false
+		}
 		if l.intercept != nil && len(b) > ipv4ProtoOff && b[ipv4ProtoOff] == uint8(header.ICMPv4ProtocolNumber) && l.intercept(b) {
-			return
+			return false
 		}
 	case header.IPv6Version:
 		proto = header.IPv6ProtocolNumber
+		if l.udp != nil && len(b) > ipv6NextHdrOff && b[ipv6NextHdrOff] == uint8(header.UDPProtocolNumber) && l.udp(b) {
+			return false
+		}
 		if l.intercept != nil && len(b) > ipv6NextHdrOff && b[ipv6NextHdrOff] == uint8(header.ICMPv6ProtocolNumber) && l.intercept(b) {
-			return
+			return false
 		}
 	default:
 		return false

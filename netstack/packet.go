@@ -131,3 +131,85 @@ func appendUDPHeaders(b []byte, src, dst netip.AddrPort, payloadLen int) ([]byte
 	header.UDP(pkt[ipLen:]).Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
 	return b, ipLen, nil
 }
+
+// udpPacket is what parseUDPPacket finds in an IP packet carrying a UDP
+// datagram.
+type udpPacket struct {
+	src, dst netip.AddrPort
+	ttl      uint8 // TTL or hop limit
+	df       bool  // may not be fragmented (always, for IPv6)
+	payload  []byte
+	ip       []byte // the IP packet, without bytes past its length
+}
+
+// IPv4 header fields parseUDPPacket reads beyond the header package's.
+const (
+	ipv4FlagsOff = 6
+	ipv4MFBit    = 0x20
+	ipv4DFBit    = 0x40
+	ipv4OffMask  = 0x1fff
+)
+
+// parseUDPPacket parses b as an IPv4 or IPv6 packet that carries one
+// whole UDP datagram: a valid header, no fragment, no IPv6 extension
+// header, a UDP length that fits, and addresses the stack itself would
+// take (no loopback, multicast or broadcast source, no loopback
+// destination, no IPv4-mapped IPv6 address). It reports false for
+// anything else, which is the stack's to judge. Checksums are not
+// checked: the packets come from the local kernel, as for the stack
+// (stack.PacketBuffer.RXChecksumValidated).
+func parseUDPPacket(b []byte) (udpPacket, bool) {
+	var p udpPacket
+	var l4 []byte
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		if len(b) < header.IPv4MinimumSize {
+			return p, false
+		}
+		ip := header.IPv4(b)
+		hlen, total := int(ip.HeaderLength()), int(ip.TotalLength())
+		if hlen < header.IPv4MinimumSize || total < hlen || total > len(b) || ip.Protocol() != uint8(header.UDPProtocolNumber) {
+			return p, false
+		}
+		if b[ipv4FlagsOff]&ipv4MFBit != 0 || binary.BigEndian.Uint16(b[ipv4FlagsOff:])&ipv4OffMask != 0 {
+			return p, false // a fragment: the stack reassembles
+		}
+		src, dst := netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20]))
+		if src.IsLoopback() || src.IsMulticast() || isBroadcast(src) || dst.IsLoopback() {
+			return p, false
+		}
+		p.ip, l4 = b[:total], b[hlen:total]
+		p.ttl, p.df = ip.TTL(), b[ipv4FlagsOff]&ipv4DFBit != 0
+		p.src, p.dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+	case header.IPv6Version:
+		if len(b) < header.IPv6MinimumSize {
+			return p, false
+		}
+		ip := header.IPv6(b)
+		total := header.IPv6MinimumSize + int(ip.PayloadLength())
+		if total > len(b) || ip.NextHeader() != uint8(header.UDPProtocolNumber) {
+			return p, false
+		}
+		src, dst := netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+		if src.IsLoopback() || src.IsMulticast() || dst.IsLoopback() || src.Is4In6() || dst.Is4In6() {
+			return p, false
+		}
+		p.ip, l4 = b[:total], b[header.IPv6MinimumSize:total]
+		p.ttl, p.df = ip.HopLimit(), true
+		p.src, p.dst = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+	default:
+		return p, false
+	}
+	if len(l4) < header.UDPMinimumSize {
+		return p, false
+	}
+	u := header.UDP(l4)
+	ulen := int(u.Length())
+	if ulen < header.UDPMinimumSize || ulen > len(l4) {
+		return p, false
+	}
+	p.src = netip.AddrPortFrom(p.src.Addr(), u.SourcePort())
+	p.dst = netip.AddrPortFrom(p.dst.Addr(), u.DestinationPort())
+	p.payload = l4[header.UDPMinimumSize:ulen]
+	return p, true
+}

@@ -175,6 +175,7 @@ func (s *Stack) configure(cfg Config) error {
 	})
 	s.udp = newUDPMapper(s)
 	s.link.idle = s.udp.flush
+	s.link.udp = s.udp.handleRaw
 	s.stack.SetTransportProtocolHandler(udp.ProtocolNumber, s.udp.handle)
 	return nil
 }

@@ -48,51 +48,81 @@ func newUDPMapper(s *Stack) *udpMapper {
 // of them. It always reports the packet handled.
 func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
-	dstIP := addrFrom(id.LocalAddress)
-	if !dstIP.IsGlobalUnicast() && !dstIP.IsPrivate() && !dstIP.IsLoopback() || dstIP.IsMulticast() || isBroadcast(dstIP) {
-		// Multicast, broadcast and link-local discovery have no meaning
-		// beyond this link.
-		return true
-	}
-	dst := socks.AddrFromAddrPort(netip.AddrPortFrom(dstIP, id.LocalPort))
-
-	ttl := packetTTL(pkt)
-	if ttl <= 1 {
-		// The gateway is a hop, and the datagram's time ends here.
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	m, ttl, ok := u.admit(src, dst, packetTTL(pkt), func() []byte {
 		orig := stack.PayloadSince(pkt.NetworkHeader())
-		ans := AnswerFor(socks.ReplyTTLExpired)
-		u.s.sendICMPError(orig.AsSlice(), u.s.hopAddr(dstIP), ans, 0)
-		orig.Release()
-		return true
-	}
-
-	m := u.mapping(src)
-	if m == nil {
+		defer orig.Release()
+		return append([]byte(nil), orig.AsSlice()...)
+	})
+	if !ok {
 		return true
 	}
 	bp := getDatagram()
 	payload := pkt.Data().ToBuffer()
 	n, _ := payload.ReadAt((*bp)[:min(int(payload.Size()), len(*bp))], 0)
 	payload.Release()
-	d := datagram{dst: dst, buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)}
-	// The fast path: with nothing queued or being sent before it (so the
-	// order holds), the datagram leaves on this goroutine if the outbound
-	// socket takes it: in a batch, when the reader delivers it (the
-	// reader sends the batch before it waits for the device), else now.
-	// This is the only goroutine that queues, so nothing can be queued
-	// meanwhile.
+	u.send(m, datagram{dst: socks.AddrFromAddrPort(dst), buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)})
+	return true
+}
+
+// handleRaw is the link's way for UDP around the stack: a packet that
+// parseUDPPacket takes goes to its mapping as handle would send it, with
+// no packet buffer and no pass through the stack's IP layer (a quarter of
+// the gateway's work per datagram). It reports false, leaving the packet
+// to the stack, for anything parseUDPPacket does not take.
+func (u *udpMapper) handleRaw(b []byte) bool {
+	p, ok := parseUDPPacket(b)
+	if !ok {
+		return false
+	}
+	m, ttl, ok := u.admit(p.src, p.dst, p.ttl, func() []byte { return p.ip })
+	if !ok {
+		return true
+	}
+	bp := getDatagram()
+	n := copy(*bp, p.payload)
+	u.send(m, datagram{dst: socks.AddrFromAddrPort(p.dst), buf: bp, n: n, ttl: ttl, df: p.df})
+	return true
+}
+
+// admit decides whether a datagram from src to dst, with the given TTL,
+// goes on, and returns its mapping. It does not for destinations that
+// mean nothing beyond this link, nor when the TTL ends at the gateway,
+// which then answers with time exceeded, quoting the packet orig returns.
+func (u *udpMapper) admit(src, dst netip.AddrPort, ttl uint8, orig func() []byte) (*udpMapping, uint8, bool) {
+	dstIP := dst.Addr()
+	if !dstIP.IsGlobalUnicast() && !dstIP.IsPrivate() && !dstIP.IsLoopback() || dstIP.IsMulticast() || isBroadcast(dstIP) {
+		// Multicast, broadcast and link-local discovery have no meaning
+		// beyond this link.
+		return nil, 0, false
+	}
+	if ttl <= 1 {
+		// The gateway is a hop, and the datagram's time ends here.
+		u.s.sendICMPError(orig(), u.s.hopAddr(dstIP), AnswerFor(socks.ReplyTTLExpired), 0)
+		return nil, 0, false
+	}
+	m := u.mapping(src)
+	return m, ttl, m != nil
+}
+
+// send passes d on to m's outbound side. The fast path: with nothing
+// queued or being sent before it (so the order holds), the datagram
+// leaves on this goroutine if the outbound socket takes it: in a batch,
+// when the reader delivers it (the reader sends the batch before it waits
+// for the device), else now. This is the only goroutine that queues, so
+// nothing can be queued meanwhile.
+func (u *udpMapper) send(m *udpMapping, d datagram) {
 	if push := m.push.Load(); push != nil && m.pending.Load() == 0 {
 		if u.s.link.delivering.Load() {
 			u.batch(m, d)
-			return true
+			return
 		}
-		if push.One((*bp)[:n], dst, d.meta()) {
-			putDatagram(bp)
-			return true
+		if push.One((*d.buf)[:d.n], d.dst, d.meta()) {
+			putDatagram(d.buf)
+			return
 		}
 	}
 	m.enqueue(d)
-	return true
 }
 
 // batch adds d to m's batch, which is sent when full or when the reader
