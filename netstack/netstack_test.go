@@ -252,6 +252,20 @@ func newRigOn(t testing.TB, out *fakeOut, gwDev, clientDev *pipeDevice) *rig {
 	return &rig{gw: gw, eng: eng, out: out, client: client}
 }
 
+// dialTCP connects the rig's client stack to dst:port through the
+// gateway, within 5 seconds.
+func (r *rig) dialTCP(t testing.TB, dst netip.Addr, port uint16) *gonet.TCPConn {
+	t.Helper()
+	fa, proto := fullAddr(dst, port)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func fullAddr(ip netip.Addr, port uint16) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
 	proto := ipv4.ProtocolNumber
 	if ip.Is6() {
@@ -261,6 +275,14 @@ func fullAddr(ip netip.Addr, port uint16) (tcpip.FullAddress, tcpip.NetworkProto
 }
 
 func echoServer(t *testing.T) string {
+	t.Helper()
+	return loopbackServer(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// loopbackServer listens on loopback and runs serve for each connection,
+// on a goroutine of its own, closing the connection after; the test's
+// cleanup stops it and waits for them all. It returns the address.
+func loopbackServer(t testing.TB, serve func(net.Conn)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -277,7 +299,7 @@ func echoServer(t *testing.T) string {
 				return
 			}
 			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); io.Copy(c, c) }()
+			go func() { defer wg.Done(); defer c.Close(); serve(c) }()
 		}
 	}()
 	return l.Addr().String()
@@ -289,13 +311,7 @@ func TestTCPThroughStack(t *testing.T) {
 	for _, dst := range []netip.Addr{serverV4, serverV6} {
 		t.Run(dst.String(), func(t *testing.T) {
 			base := r.eng.Registry().Metrics()
-			fa, proto := fullAddr(dst, 80)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := r.dialTCP(t, dst, 80)
 			defer c.Close()
 			msg := strings.Repeat("through the netstack ", 5000) // ~100 KB: many segments
 			go c.Write([]byte(msg))

@@ -151,8 +151,8 @@ const (
 )
 
 // parseUDPPacket parses b as an IPv4 or IPv6 packet that carries one
-// whole UDP datagram: a valid header, no fragment, no IPv6 extension
-// header, a UDP length that fits, and addresses the stack itself would
+// whole UDP datagram: a valid header without IPv4 options, no fragment,
+// no IPv6 extension header, a UDP length that fits, and addresses the stack itself would
 // take (no loopback, multicast or broadcast source, no loopback
 // destination, no IPv4-mapped IPv6 address). It reports false for
 // anything else, which is the stack's to judge. Checksums are not
@@ -168,8 +168,8 @@ func parseUDPPacket(b []byte) (udpPacket, bool) {
 		}
 		ip := header.IPv4(b)
 		hlen, total := int(ip.HeaderLength()), int(ip.TotalLength())
-		if hlen < header.IPv4MinimumSize || total < hlen || total > len(b) || ip.Protocol() != uint8(header.UDPProtocolNumber) {
-			return p, false
+		if hlen != header.IPv4MinimumSize || total < hlen || total > len(b) || ip.Protocol() != uint8(header.UDPProtocolNumber) {
+			return p, false // options are the stack's to check
 		}
 		if b[ipv4FlagsOff]&ipv4MFBit != 0 || binary.BigEndian.Uint16(b[ipv4FlagsOff:])&ipv4OffMask != 0 {
 			return p, false // a fragment: the stack reassembles

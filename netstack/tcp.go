@@ -232,7 +232,13 @@ func (c *tcpConn) ReadVectors(max int, fn func([][]byte) int) (int, error) {
 	}
 	if took > 0 {
 		c.take.left = took
-		c.ep.Read(&c.take, tcpip.ReadOptions{})
+		res, err := c.ep.Read(&c.take, tcpip.ReadOptions{})
+		if err != nil || res.Count != took {
+			// What fn took is gone to the socket, and not from the
+			// queue: the connection was torn down in between (only our
+			// own Close purges the queue). Nothing may follow it.
+			return took, net.ErrClosed
+		}
 		c.ep.ModerateRecvBuf(took)
 	}
 	return took, nil
@@ -242,7 +248,8 @@ func (c *tcpConn) ReadVectors(max int, fn func([][]byte) int) (int, error) {
 var errLent = errors.New("netstack: lent")
 
 // lender is the writer of ReadVectors' peek: it gathers views until it
-// has want bytes, then calls fn with them, while they are still valid.
+// has want bytes or engine.MaxVectors views, then calls fn with them,
+// while they are still valid.
 type lender struct {
 	want, have int
 	bufs       [][]byte
@@ -266,7 +273,7 @@ func (l *lender) Write(p []byte) (int, error) {
 	}
 	l.bufs = append(l.bufs, p)
 	l.have += len(p)
-	if l.have < l.want {
+	if l.have < l.want && len(l.bufs) < engine.MaxVectors {
 		return len(p), nil
 	}
 	l.took = l.fn(l.bufs)

@@ -2,15 +2,13 @@ package netstack
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"tungate/internal/engine"
 )
 
 // patternBytes returns n bytes that differ from one offset to the next
@@ -34,20 +32,7 @@ func patternBytes(n int) []byte {
 // data as fast as it can and closes.
 func slowPeer(t *testing.T, up bool, data []byte) string {
 	t.Helper()
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c, err := l.AcceptTCP()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	return loopbackServer(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		if !up {
 			c.Write(data)
@@ -64,8 +49,7 @@ func slowPeer(t *testing.T, up bool, data []byte) string {
 			time.Sleep(100 * time.Microsecond)
 		}
 		c.Write(h.Sum(nil))
-	}()
-	return l.Addr().String()
+	})
 }
 
 // TestTCPSlowPeers: bulk data through the gateway in each direction,
@@ -85,13 +69,7 @@ func TestTCPSlowPeers(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, &fakeOut{echo: slowPeer(t, up, data), sndBuf: 32 << 10})
 			base := r.eng.Registry().Metrics()
-			fa, proto := fullAddr(serverV4, 80)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := r.dialTCP(t, serverV4, 80)
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			if up {
@@ -125,6 +103,46 @@ func TestTCPSlowPeers(t *testing.T) {
 				t.Fatalf("read %d bytes, not the %d sent", n, len(data))
 			}
 			waitCounts(t, r.eng, base.BytesUp, base.BytesDown+uint64(len(data)))
+		})
+	}
+}
+
+// TestLenderStopsAtMaxVectors: the peek's writer hands fn what it has
+// once it has the bytes asked for or engine.MaxVectors views, whichever
+// comes first, and stops the peek there.
+func TestLenderStopsAtMaxVectors(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		views, size    int
+		want           int
+		wantBufs       int
+		wantTotalBytes int
+	}{
+		{"bytes first", 10, 100, 250, 3, 250},
+		{"views first", engine.MaxVectors + 10, 10, 100000, engine.MaxVectors, engine.MaxVectors * 10},
+		{"both at once", engine.MaxVectors, 10, engine.MaxVectors * 10, engine.MaxVectors, engine.MaxVectors * 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var l lender
+			var gotBufs, gotBytes int
+			l.start(tc.want, func(bufs [][]byte) int {
+				gotBufs = len(bufs)
+				for _, b := range bufs {
+					gotBytes += len(b)
+				}
+				return gotBytes
+			})
+			stopped := false
+			for i := 0; i < tc.views && !stopped; i++ {
+				if _, err := l.Write(make([]byte, tc.size)); err != nil {
+					stopped = true
+				}
+			}
+			took, called := l.end()
+			if !called || !stopped || gotBufs != tc.wantBufs || gotBytes != tc.wantTotalBytes || took != gotBytes {
+				t.Fatalf("fn called %v (peek stopped %v) with %d views, %d bytes (took %d); want %d views, %d bytes",
+					called, stopped, gotBufs, gotBytes, took, tc.wantBufs, tc.wantTotalBytes)
+			}
 		})
 	}
 }

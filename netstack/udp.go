@@ -57,12 +57,33 @@ func (u *udpMapper) handle(id stack.TransportEndpointID, pkt *stack.PacketBuffer
 	if !ok {
 		return true
 	}
+	size, ok := udpPayloadLen(pkt)
+	if !ok {
+		return true
+	}
 	bp := getDatagram()
 	payload := pkt.Data().ToBuffer()
-	n, _ := payload.ReadAt((*bp)[:min(int(payload.Size()), len(*bp))], 0)
+	n, _ := payload.ReadAt((*bp)[:min(size, len(*bp))], 0)
 	payload.Release()
 	u.send(m, datagram{dst: socks.AddrFromAddrPort(dst), buf: bp, n: n, ttl: ttl, df: dontFragment(pkt)})
 	return true
+}
+
+// udpPayloadLen returns the length of the datagram's payload as its UDP
+// header says, which may be less than what follows the header (the rest is
+// not the datagram's), and false when the header's length is less than the
+// header or more than there is: the datagram is dropped, as the kernel
+// drops it. The stack does not check it; parseUDPPacket does the same.
+func udpPayloadLen(pkt *stack.PacketBuffer) (int, bool) {
+	th := pkt.TransportHeader().Slice()
+	if len(th) < header.UDPMinimumSize {
+		return 0, false
+	}
+	ulen := int(header.UDP(th).Length())
+	if ulen < header.UDPMinimumSize || ulen-header.UDPMinimumSize > pkt.Data().Size() {
+		return 0, false
+	}
+	return ulen - header.UDPMinimumSize, true
 }
 
 // handleRaw is the link's way for UDP around the stack: a packet that

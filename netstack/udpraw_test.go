@@ -59,7 +59,7 @@ func TestParseUDPPacket(t *testing.T) {
 	}{
 		{"IPv4", v4, true, "198.18.0.2:40000", "198.18.1.2:53", 64, true, "tungate"},
 		{"IPv4, no DF", edit(v4, func(b []byte) { b[6] = 0 }), true, "198.18.0.2:40000", "198.18.1.2:53", 64, false, "tungate"},
-		{"IPv4 with options", withOptions, true, "198.18.0.2:40000", "198.18.1.2:53", 64, true, "tungate"},
+		{"IPv4 with options (the stack checks them)", withOptions, false, "", "", 0, false, ""},
 		{"IPv4, bytes past its length", append(append([]byte(nil), v4...), 0xee, 0xee), true, "198.18.0.2:40000", "198.18.1.2:53", 64, true, "tungate"},
 		{"IPv4, UDP length short of the packet", edit(v4, func(b []byte) { b[25] = 0x0c }), true, "198.18.0.2:40000", "198.18.1.2:53", 64, true, "tung"},
 		{"IPv4, TTL 1 (the mapper answers)", edit(v4, func(b []byte) { b[8] = 1 }), true, "198.18.0.2:40000", "198.18.1.2:53", 1, true, "tungate"},
@@ -206,5 +206,74 @@ func TestUDPFragmentsTakeTheStack(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reassembled datagram did not leave")
+	}
+}
+
+// withIPv4Options returns an IPv4 packet with four bytes of options
+// (NOP, NOP, NOP, end of list) after the header: the stack's path, not
+// the way around it.
+func withIPv4Options(t *testing.T, pkt []byte) []byte {
+	t.Helper()
+	b := append(append(append([]byte(nil), pkt[:header.IPv4MinimumSize]...), 1, 1, 1, 0), pkt[header.IPv4MinimumSize:]...)
+	ip := header.IPv4(b)
+	ip.SetHeaderLength(header.IPv4MinimumSize + 4)
+	ip.SetTotalLength(uint16(len(b)))
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return b
+}
+
+// TestUDPLengthBothWays: whichever way a datagram takes through the
+// gateway (around the stack, or through it for a packet with IPv4
+// options), a UDP length short of the packet cuts the payload to it, and
+// one longer than the packet, or shorter than the header, drops it.
+func TestUDPLengthBothWays(t *testing.T) {
+	checkLeaks(t)
+	for _, viaStack := range []bool{false, true} {
+		t.Run(map[bool]string{false: "around the stack", true: "through the stack"}[viaStack], func(t *testing.T) {
+			out := &fakeOut{newPC: make(chan *fakePC, 4)}
+			_, send := rawRig(t, out, Config{})
+			src, dst := netip.AddrPortFrom(clientV4, 40000), netip.AddrPortFrom(serverV4, 9)
+			probe := func(payload string, udpLen int) []byte {
+				p := udpProbe(t, src, dst, 64, payload)
+				if udpLen >= 0 {
+					header.UDP(p[header.IPv4MinimumSize:]).SetLength(uint16(udpLen))
+				}
+				if viaStack {
+					p = withIPv4Options(t, p)
+				}
+				return p
+			}
+			send(probe("first", -1))
+			var pc *fakePC
+			select {
+			case pc = <-out.newPC:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no association opened")
+			}
+			next := func() string {
+				t.Helper()
+				select {
+				case d := <-pc.sent:
+					return d.data
+				case <-time.After(5 * time.Second):
+					t.Fatal("nothing left")
+				}
+				return ""
+			}
+			if got := next(); got != "first" {
+				t.Fatalf("got %q, want %q", got, "first")
+			}
+			send(probe("tungate", header.UDPMinimumSize+4))
+			if got := next(); got != "tung" {
+				t.Errorf("UDP length short of the packet: got %q, want %q", got, "tung")
+			}
+			send(probe("too long", header.UDPMinimumSize+9))
+			send(probe("too short", header.UDPMinimumSize-1))
+			send(probe("last", -1))
+			if got := next(); got != "last" {
+				t.Errorf("after two bad lengths got %q, want %q (they should have been dropped)", got, "last")
+			}
+		})
 	}
 }

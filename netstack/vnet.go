@@ -45,8 +45,8 @@ func (l *link) readVnetLoop(r vnetReader) error {
 		if err != nil {
 			return l.readEnd(err)
 		}
-		if n > len(frame) {
-			continue // truncated by the device: not a whole frame
+		if n < vnetHdrLen || n > len(frame) {
+			continue // no packet, or truncated by the device
 		}
 		l.beginDelivery()
 		scratch, _ = l.deliverFrame(frame[:vnetHdrLen], frame[vnetHdrLen:n], nil, scratch)

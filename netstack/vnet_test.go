@@ -116,28 +116,36 @@ func TestDeliverFrame(t *testing.T) {
 	}
 }
 
+// deliverFrameTo delivers frame through a bare link to a recorder, its
+// packet at the start of a view, as the reader has it, when inView (and it
+// fits one). It returns the recorder, the frame's packet and whether the
+// stack took the view.
+func deliverFrameTo(frame []byte, inView bool) (*recorder, []byte, bool) {
+	rec := &recorder{}
+	l := &link{}
+	l.gro.Dispatcher = rec
+	hdr, orig := frame[:min(len(frame), vnetHdrLen)], frame[min(len(frame), vnetHdrLen):]
+	pkt := orig
+	var pv *buffer.View
+	if inView && len(pkt) <= maxPacket {
+		pv = newPacketView()
+		pkt = pv.AsSlice()[:copy(pv.AsSlice(), pkt)]
+	}
+	_, took := l.deliverFrame(hdr, pkt, pv, nil)
+	if pv != nil && !took {
+		pv.Release()
+	}
+	return rec, orig, took
+}
+
 // checkDeliverFrame delivers frame, its packet in a view or not, and
 // checks the packets the stack got (their lengths are want) and whether it
 // took the view.
 func checkDeliverFrame(t *testing.T, frame []byte, want []int, inView, lend bool) {
 	t.Helper()
-	var rec recorder
-	l := &link{}
-	l.gro.Dispatcher = &rec
-	hdr, orig := frame[:min(len(frame), vnetHdrLen)], frame[min(len(frame), vnetHdrLen):]
-	pkt := orig
-	var pv *buffer.View
-	if inView {
-		pv = newPacketView()
-		copy(pv.AsSlice(), pkt)
-		pkt = pv.AsSlice()[:len(pkt)]
-	}
-	_, took := l.deliverFrame(hdr, pkt, pv, nil)
+	rec, orig, took := deliverFrameTo(frame, inView)
 	if took != lend {
 		t.Errorf("view taken %v, want %v", took, lend)
-	}
-	if pv != nil && !took {
-		pv.Release()
 	}
 	if len(rec.pkts) != len(want) {
 		t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(want))
@@ -219,22 +227,9 @@ func FuzzDeliverFrame(f *testing.F) {
 	f.Add(vnetFrame(vnetGSONone, 0, 0, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(nil))), false)
 	f.Add(vnetFrame(vnetGSOTCPv4, 1448, 20, ipPacket(false, uint8(header.TCPProtocolNumber), tcpSegment(pattern(lendMin)))), true)
 	f.Fuzz(func(t *testing.T, frame []byte, inView bool) {
-		var rec recorder
-		l := &link{}
-		l.gro.Dispatcher = &rec
-		hdr, pkt := frame[:min(len(frame), vnetHdrLen)], frame[min(len(frame), vnetHdrLen):]
-		orig := pkt
-		var pv *buffer.View
-		if inView && len(pkt) <= maxPacket {
-			// As the reader has it: the packet at the start of a view.
-			pv = newPacketView()
-			pkt = pv.AsSlice()[:copy(pv.AsSlice(), pkt)]
-		}
-		if _, took := l.deliverFrame(hdr, pkt, pv, nil); !took && pv != nil {
-			pv.Release()
-		}
-		uso := len(hdr) == vnetHdrLen && hdr[vnetGSOTypeOff]&^vnetGSOECNBit == vnetGSOUDPL4
-		if !uso && len(rec.pkts) == 1 && !bytes.Equal(rec.pkts[0], orig) {
+		rec, pkt, _ := deliverFrameTo(frame, inView)
+		uso := len(frame) >= vnetHdrLen && frame[vnetGSOTypeOff]&^vnetGSOECNBit == vnetGSOUDPL4
+		if !uso && len(rec.pkts) == 1 && !bytes.Equal(rec.pkts[0], pkt) {
 			t.Fatal("packet changed on the way")
 		}
 		if len(frame) <= vnetHdrLen {
@@ -243,7 +238,6 @@ func FuzzDeliverFrame(f *testing.F) {
 			}
 			return
 		}
-		pkt = orig
 		total := 0
 		for _, p := range rec.pkts {
 			if len(p) > len(pkt) {

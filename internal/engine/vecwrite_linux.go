@@ -20,12 +20,14 @@ type VectorReader interface {
 	// Buffered reports how many bytes a Read would return at once.
 	Buffered() int
 	// ReadVectors calls fn once with up to max bytes of what is
-	// buffered, in order, as slices of the connection's own buffers that
-	// are valid only during the call and must not be written. fn returns
+	// buffered, in order, in at most MaxVectors slices of the connection's
+	// own buffers that are valid only during the call and must not be
+	// written. fn returns
 	// how many of those bytes it took; they are consumed, the rest stay
 	// buffered. ReadVectors returns that count, or ErrNotBuffered, with
 	// fn not called, when nothing is buffered (then a Read says why:
-	// EOF, a reset or a close).
+	// EOF, a reset or a close). Any other error comes after fn, with
+	// what fn took: the connection broke, and nothing may follow.
 	ReadVectors(max int, fn func(bufs [][]byte) int) (int, error)
 }
 
@@ -33,10 +35,10 @@ type VectorReader interface {
 // nothing to lend.
 var ErrNotBuffered = errors.New("engine: nothing buffered")
 
-// maxIOV bounds the buffers of one writev: enough for a relay buffer's
-// worth of large segments, few enough that a flow of small ones moves in
-// several calls rather than one huge iovec.
-const maxIOV = 64
+// MaxVectors bounds the buffers of one writev: enough for a relay
+// buffer's worth of large segments, few enough that a flow of small ones
+// moves in several calls rather than one huge iovec.
+const MaxVectors = 64
 
 // vectorWriter writes what a VectorReader lends to a kernel socket with
 // writev, through the runtime's poller: a full socket waits for room
@@ -73,7 +75,7 @@ func newVectorWriter(src, dst net.Conn) *vectorWriter {
 	if err != nil {
 		return nil
 	}
-	w := &vectorWriter{src: vr, rc: rc, iov: make([]unix.Iovec, 0, maxIOV)}
+	w := &vectorWriter{src: vr, rc: rc, iov: make([]unix.Iovec, 0, MaxVectors)}
 	w.fn = w.write
 	w.put = w.writev
 	return w
@@ -99,11 +101,14 @@ func (w *vectorWriter) writeTo(max int) (n int, err error, ok bool) {
 func (w *vectorWriter) write(fd uintptr) bool {
 	w.fd = int(fd)
 	n, err := w.src.ReadVectors(w.max, w.put)
-	if err != nil {
+	if errors.Is(err, ErrNotBuffered) {
 		w.none = true
 		return true
 	}
 	w.n = n
+	if err != nil && w.err == nil {
+		w.err = err // src broke after the write: the relay ends
+	}
 	return !(n == 0 && w.err == unix.EAGAIN)
 }
 
