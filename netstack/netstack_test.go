@@ -124,12 +124,15 @@ func (p *fakeTryPC) TryWriteToMeta(b []byte, a socks.Addr, meta engine.Meta) (in
 	if p.st.block.Load() {
 		return 0, false, nil
 	}
+	// Counted before the datagram is handed over, so that a test that
+	// has received it also sees it counted.
+	p.st.pushed.Add(1)
 	select {
 	case p.sent <- fakeDatagram{data: string(b), addr: a, ttl: meta.TTL, df: meta.DontFragment}:
 	default:
+		p.st.pushed.Add(-1)
 		return 0, false, nil // full: what would block
 	}
-	p.st.pushed.Add(1)
 	return len(b), true, nil
 }
 
