@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,16 @@ func TestReport(t *testing.T) {
 		fmt.Fprintf(&raw, `{"kind":"iperf","path":"tun-direct","mtu":1500,"test":"tcp1-up","rep":%d,"file":%q,"gw_cpu_ticks":150,"clk_tck":100}`+"\n", i+1, f)
 	}
 	raw.WriteString(`{"kind":"error","path":"tun-dante","mtu":1500,"test":"udp-up","msg":"danted did not start"}` + "\n")
+	// UDP runs with the drop counters: the server's socket dropped in one
+	// run of three, the TUN queue never, the proxy's counter unread.
+	udp := `{"start":{"test_start":{"protocol":"UDP"}},"end":{"sum_received":{"bytes":1e9,"bits_per_second":1e9,"lost_percent":%g}}}`
+	for i, d := range []int{0, 0, 1691} {
+		f := write(fmt.Sprintf("u%d.json", i), fmt.Sprintf(udp, float64(d)/1000))
+		fmt.Fprintf(&raw, `{"kind":"iperf","path":"tun-direct","mtu":1500,"test":"udp-up","rep":%d,"file":%q,`+
+			`"sock_drops_client":0,"sock_drops_proxy":-1,"sock_drops_server":%d,"tun_drops":0}`+"\n", i+1, f, d)
+	}
+	f := write("ud.json", fmt.Sprintf(udp, 0.0))
+	fmt.Fprintf(&raw, `{"kind":"iperf","path":"direct","mtu":1500,"test":"udp-up","rep":1,"file":%q,"sock_drops_server":5}`+"\n", f)
 	in := write("raw.jsonl", raw.String())
 	out := filepath.Join(dir, "report.json")
 	var stdout, stderr bytes.Buffer
@@ -177,6 +188,33 @@ func TestReport(t *testing.T) {
 	}
 	if cpu := find("tun-direct", "gateway cpu"); cpu.Value != 1.5 || cpu.RatioToDirect != nil {
 		t.Errorf("tun-direct cpu %+v", cpu)
+	}
+	findCase := func(path, test, fig string) (result, bool) {
+		for _, r := range rep.Results {
+			if r.Path == path && r.Test == test && r.Figure == fig {
+				return r, true
+			}
+		}
+		return result{}, false
+	}
+	if d, ok := findCase("tun-direct", "udp-up", figDropsServer); !ok || d.Value != 0 ||
+		!slices.Equal(d.Values, []float64{0, 0, 1691}) || d.RatioToDirect != nil || !shown(d) {
+		t.Errorf("server drops %+v (found %v, shown %v)", d, ok, shown(d))
+	}
+	if d, ok := findCase("tun-direct", "udp-up", figDropsTUN); !ok || d.Value != 0 || shown(d) {
+		t.Errorf("TUN drops %+v (found %v): want 0, not shown", d, ok)
+	}
+	if d, ok := findCase("tun-direct", "udp-up", figDropsProxy); ok {
+		t.Errorf("proxy drops %+v from a counter that was not read", d)
+	}
+	if _, ok := findCase("tun-direct", "tcp1-up", figDropsServer); ok {
+		t.Error("drops for a TCP run")
+	}
+	if d, ok := findCase("direct", "udp-up", figDropsServer); !ok || d.Value != 5 {
+		t.Errorf("direct server drops %+v (found %v)", d, ok)
+	}
+	if !strings.Contains(stdout.String(), figDropsServer) || strings.Contains(stdout.String(), figDropsTUN) {
+		t.Errorf("the table shows drops only where there were any:\n%s", stdout.String())
 	}
 	if len(rep.Errors) != 1 || rep.Meta["mode"] != "test" {
 		t.Errorf("errors %+v, meta %+v", rep.Errors, rep.Meta)

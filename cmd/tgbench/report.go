@@ -40,7 +40,23 @@ type record struct {
 	GwRSSHeld   int64 `json:"gw_rss_kb_held"`
 	UpRSSBefore int64 `json:"up_rss_kb_before"`
 	UpRSSHeld   int64 `json:"up_rss_kb_held"`
+	// What a UDP run lost where the kernel counts it: datagrams dropped
+	// at full socket buffers in the client's, the proxy's and the
+	// server's namespace, and packets the TUN device dropped with its
+	// queue full. Absent for other runs; -1 when not read.
+	SockDropsClient *int64 `json:"sock_drops_client"`
+	SockDropsProxy  *int64 `json:"sock_drops_proxy"`
+	SockDropsServer *int64 `json:"sock_drops_server"`
+	TUNDrops        *int64 `json:"tun_drops"`
 }
+
+// Figures of where UDP datagrams were dropped (see record).
+const (
+	figDropsClient = "drops: client sockets"
+	figDropsProxy  = "drops: proxy sockets"
+	figDropsServer = "drops: server sockets"
+	figDropsTUN    = "drops: TUN queue"
+)
 
 // iperfOut is the part of iperf3 -J output the report reads.
 type iperfOut struct {
@@ -195,6 +211,14 @@ func figures(r record) ([]figure, error) {
 		fs = append(fs, figure{"throughput", "Gbit/s", recv.BitsPerSecond / 1e9})
 		if strings.EqualFold(o.Start.TestStart.Protocol, "UDP") {
 			fs = append(fs, figure{"loss", "%", recv.LostPercent})
+			for _, d := range []struct {
+				name string
+				n    *int64
+			}{{figDropsClient, r.SockDropsClient}, {figDropsProxy, r.SockDropsProxy}, {figDropsServer, r.SockDropsServer}, {figDropsTUN, r.TUNDrops}} {
+				if d.n != nil && *d.n >= 0 {
+					fs = append(fs, figure{d.name, "count", float64(*d.n)})
+				}
+			}
 		} else {
 			fs = append(fs, figure{"retransmits", "count", o.End.SumSent.Retransmits})
 		}
@@ -352,7 +376,7 @@ func buildReport(recs []record) report {
 				Value: median(vs), Values: vs,
 			}
 			// Counts and loss percentages have no meaningful ratio.
-			if name != "failed" && name != "retransmits" && name != "loss" && name != "held and verified" {
+			if !isCount(name) {
 				res.RatioToDirect = ratio(res.Value, caseKey{"direct", k.test, k.mtu}, name)
 				if a.ref != "" && a.ref != k.path {
 					res.Ref = a.ref
@@ -416,13 +440,24 @@ func printTable(w io.Writer, rep report) {
 	}
 }
 
+// isCount says whether a figure is a count or a loss percentage, which
+// have no meaningful ratio.
+func isCount(figure string) bool {
+	switch figure {
+	case "failed", "retransmits", "loss", "held and verified",
+		figDropsClient, figDropsProxy, figDropsServer, figDropsTUN:
+		return true
+	}
+	return false
+}
+
 // shown says whether the table shows a row: the latency case shows its
-// first-byte percentiles, the rate case its rate; failed connections
-// appear only when there were any; retransmits only in the JSON.
+// first-byte percentiles, the rate case its rate; failed connections and
+// drops appear only when there were any; retransmits only in the JSON.
 func shown(r result) bool {
 	switch r.Figure {
-	case "failed":
-		return r.Value != 0
+	case "failed", figDropsClient, figDropsProxy, figDropsServer, figDropsTUN:
+		return r.Value != 0 || slices.ContainsFunc(r.Values, func(v float64) bool { return v != 0 })
 	case "connect p50", "retransmits":
 		return false
 	case "rate":
