@@ -22,7 +22,9 @@
 // never copies, so an idle connection costs one small goroutine stack.
 // A client side that can lend what it has buffered (VectorReader: the
 // netstack's connections) has it written to a kernel socket with one
-// writev of its own buffers, without a relay buffer in between.
+// writev of its own buffers, without a relay buffer in between. Between
+// two kernel TCP sockets (the SOCKS5 server's relays) the bytes move with
+// splice(2) through a pooled pipe and never reach user space.
 // Datagrams from a client side that receives them on its own goroutine
 // (PacketPusher) may be sent on that goroutine, one by one or in batches,
 // when the outbound socket takes them at once (MetaTryWriter,

@@ -131,6 +131,9 @@ type direction struct {
 	// vec, when src lends its buffers and dst is a kernel socket, writes
 	// them to dst without a relay buffer (nil otherwise).
 	vec *vectorWriter
+	// splice, when src and dst are both kernel TCP sockets, moves the
+	// bytes between them in the kernel (nil otherwise).
+	splice *splicer
 	// size is the buffer the next read takes: it doubles after a read
 	// that filled the buffer, up to relayGrowth times the configured
 	// size, and halves after one that used little of it. A bulk transfer
@@ -153,6 +156,9 @@ func newDirection(e *Engine, f *Flow, dst, src net.Conn, upward bool, ended *ato
 	d.size = e.settings.RelayBufferSize()
 	d.lazy.init(src, func() int { return d.size })
 	d.vec = newVectorWriter(src, dst)
+	if d.vec == nil {
+		d.splice = newSplicer(src, dst)
+	}
 	return d
 }
 
@@ -231,6 +237,11 @@ func (d *direction) step(wait bool) (more, idle bool) {
 			return more, false
 		}
 	}
+	if d.splice != nil {
+		if more, idle, ok := d.stepSplice(wait); ok {
+			return more, idle
+		}
+	}
 	bp, n, rerr := d.lazy.read(wait)
 	if rerr == errWouldBlock {
 		return true, true
@@ -258,20 +269,27 @@ func (d *direction) step(wait bool) (more, idle bool) {
 	if rerr == nil {
 		return true, false
 	}
-	if errors.Is(rerr, io.EOF) {
+	d.readEnded(rerr)
+	return false, false
+}
+
+// readEnded ends the direction after a read of src failed with err: an
+// EOF is passed on to dst as a half-close, a reset as a reset; anything
+// else, or a half-close dst cannot take, aborts the relay.
+func (d *direction) readEnded(err error) {
+	if errors.Is(err, io.EOF) {
 		if cw, ok := d.dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			if d.ended.Add(1) == 1 {
 				d.f.SetState(StateHalfClosed)
 			} else {
 				d.f.SetState(StateClosing)
 			}
-			return false, false
+			return
 		}
-	} else if isReset(rerr) {
+	} else if isReset(err) {
 		reset(d.dst)
 	}
 	d.abort()
-	return false, false
 }
 
 // count adds n bytes that dst accepted to the flow's counters.
