@@ -1,10 +1,10 @@
 package engine
 
 import (
+	"errors"
 	"io"
 	"net"
-	"runtime"
-	"sync"
+	"os"
 	"syscall"
 	"time"
 
@@ -17,8 +17,9 @@ import (
 // is copied to user space or back. It serves the directions whose two
 // ends are the runtime's TCP sockets (the SOCKS5 server's relays, out
 // directly or to an upstream). Both sockets are waited on through the
-// runtime's poller. A pipe is taken from a pool for one step and given
-// back empty, so an idle relay holds none; a direction whose receiver is
+// runtime's poller. A pipe is taken from a small pool once src has
+// something to read, and given back empty after the step, so an idle
+// relay holds none; a direction whose receiver is
 // slow holds one (two descriptors, and the pages in it, as the copying
 // path holds its buffer) until the receiver has taken what it holds.
 // When no pipe can be made (out of descriptors) the direction copies.
@@ -59,40 +60,100 @@ func newSplicer(src, dst net.Conn) *splicer {
 	return s
 }
 
-// fill splices up to max bytes that src has into p. With wait false it
-// returns errWouldBlock instead of waiting for data; EOF is io.EOF.
-func (s *splicer) fill(p *pipe, max int, wait bool) (int, error) {
-	s.p, s.max, s.noWait, s.n, s.err = p, min(max, p.size), !wait, 0, nil
+// errSpliceCopy says that this step must copy: no pipe could be had,
+// or the socket has bytes that splice does not move (below).
+var errSpliceCopy = errors.New("engine: copy this step")
+
+// fill splices up to max bytes that src has into a pipe from the pool,
+// which it returns with them. The pipe is taken only once src has
+// something, so that a direction waiting for data holds none. With wait
+// false it returns errWouldBlock instead of waiting; EOF is io.EOF.
+func (s *splicer) fill(max int, wait bool) (*pipe, int, error) {
+	s.p, s.max, s.noWait, s.n, s.err = nil, max, !wait, 0, nil
 	err := s.src.Read(s.fillFn)
+	p := s.p
 	s.p = nil
 	if err != nil {
-		return 0, err
+		if p != nil {
+			putPipe(p)
+		}
+		return nil, 0, err
 	}
-	return s.n, s.err
+	return p, s.n, s.err
 }
 
 func (s *splicer) fillRaw(fd uintptr) bool {
-	for {
-		n, err := unix.Splice(int(fd), nil, s.p.w, nil, s.max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	if s.p == nil {
+		if s.p = getPipe(); s.p == nil {
+			s.err = errSpliceCopy
+			return true
+		}
+	}
+	for retried := false; ; {
+		n, err := unix.Splice(int(fd), nil, s.p.w, nil, min(s.max, s.p.size), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
-			// The pipe is empty, so it is the socket that has nothing.
+		case err == unix.EAGAIN || err == nil && n == 0:
+			// The pipe is empty, so it is the socket: it has nothing, or
+			// it is at EOF. Or it has urgent data (MSG_OOB) next: splice
+			// stops at the urgent mark for good, with EAGAIN or, after a
+			// FIN, 0, while a read skips the mark and goes on. A peek
+			// tells which; data that arrived after the splice gets one
+			// more try.
+			switch what, perr := pending(fd); what {
+			case pendingData:
+				if !retried {
+					retried = true
+					continue
+				}
+				s.err = errSpliceCopy
+				return true
+			case pendingEnd:
+				s.err = perr
+				return true
+			}
+			putPipe(s.p) // wait without a pipe
+			s.p = nil
 			if s.noWait {
 				s.err = errWouldBlock
 				return true
 			}
 			return false
 		case err != nil:
-			s.err = err
-		case n == 0:
-			s.err = io.EOF
+			s.err = os.NewSyscallError("splice", err)
 		default:
 			s.n = int(n)
 			s.p.n += int(n)
 		}
 		return true
+	}
+}
+
+// What a socket has to read, by a peek.
+const (
+	pendingNothing = iota
+	pendingData
+	pendingEnd // EOF, or an error
+)
+
+// pending peeks at what fd has to read. At the end it returns io.EOF or
+// the socket's error, which the peek took (a reset is reported once).
+func pending(fd uintptr) (int, error) {
+	var b [1]byte
+	for {
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return pendingNothing, nil
+		case err != nil:
+			return pendingEnd, os.NewSyscallError("recvfrom", err)
+		case n == 0:
+			return pendingEnd, io.EOF
+		}
+		return pendingData, nil
 	}
 }
 
@@ -119,7 +180,7 @@ func (s *splicer) drainRaw(fd uintptr) bool {
 		case err == unix.EAGAIN:
 			return false // the socket is full: wait for room
 		case err != nil:
-			s.err = err
+			s.err = os.NewSyscallError("splice", err)
 			return true
 		}
 		s.p.n -= int(n)
@@ -127,16 +188,18 @@ func (s *splicer) drainRaw(fd uintptr) bool {
 	return true
 }
 
-// stepSplice is step for a direction with a splicer. ok is false when no
-// pipe could be had (out of descriptors); step then copies as usual.
+// stepSplice is step for a direction with a splicer. ok is false when
+// this step must copy (no pipe could be had: out of descriptors; or urgent
+// data is next); step then reads and writes as usual.
 func (d *direction) stepSplice(wait bool) (more, idle, ok bool) {
-	p := getPipe()
-	if p == nil {
+	p, n, rerr := d.splice.fill(d.size, wait)
+	switch rerr {
+	case errSpliceCopy:
+		if p != nil {
+			putPipe(p)
+		}
 		return true, false, false
-	}
-	n, rerr := d.splice.fill(p, d.size, wait)
-	if rerr == errWouldBlock {
-		putPipe(p)
+	case errWouldBlock:
 		return true, true, true
 	}
 	if n > 0 {
@@ -157,7 +220,9 @@ func (d *direction) stepSplice(wait bool) (more, idle, ok bool) {
 			d.adapt(n, min(d.size, p.size))
 		}
 	}
-	putPipe(p)
+	if p != nil {
+		putPipe(p)
+	}
 	if rerr == nil {
 		return true, false, true
 	}
@@ -176,26 +241,39 @@ type pipe struct {
 // step (the default buffer grown relayGrowth times).
 const spliceMax = DefaultRelayBufferSize * relayGrowth
 
-// pipes holds empty pipes. One dropped from the pool is closed by its
-// finalizer.
-var pipes = sync.Pool{New: func() any { return newPipeFn() }}
+// idlePipes bounds the empty pipes kept for the next steps: enough for
+// the steps that run at once, few enough that the descriptors they hold
+// (two each) do not matter.
+const idlePipes = 16
+
+// pipes holds empty pipes; one given back to a full pool is closed.
+var pipes = make(chan *pipe, idlePipes)
 
 // newPipeFn makes the pool's pipes; tests replace it.
 var newPipeFn = newPipe
 
 // getPipe returns an empty pipe, or nil when none can be made.
 func getPipe() *pipe {
-	p, _ := pipes.Get().(*pipe)
-	return p
+	select {
+	case p := <-pipes:
+		return p
+	default:
+		return newPipeFn()
+	}
 }
 
-// putPipe gives an empty pipe back to the pool.
+// putPipe gives a pipe back to the pool; one that still holds bytes (a
+// write failed) is closed, so that they never reach another relay.
 func putPipe(p *pipe) {
 	if p.n != 0 {
 		p.close()
 		return
 	}
-	pipes.Put(p)
+	select {
+	case pipes <- p:
+	default:
+		p.close()
+	}
 }
 
 func newPipe() *pipe {
@@ -217,7 +295,6 @@ func newPipe() *pipe {
 		return nil
 	}
 	p.size = size
-	runtime.SetFinalizer(p, (*pipe).close)
 	return p
 }
 
@@ -226,7 +303,6 @@ func (p *pipe) close() {
 	if p.r < 0 {
 		return
 	}
-	runtime.SetFinalizer(p, nil)
 	unix.Close(p.r)
 	unix.Close(p.w)
 	p.r, p.w = -1, -1

@@ -10,10 +10,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"tungate/internal/leaktest"
 	"tungate/socks"
@@ -218,9 +220,10 @@ func TestSpliceNoPipe(t *testing.T) {
 	leaktest.Check(t)
 	newPipeFn = func() *pipe { return nil }
 	defer func() { newPipeFn = newPipe }()
-	// Empty the pool: two collections drop what it holds.
-	runtime.GC()
-	runtime.GC()
+	// Empty the pool.
+	for len(pipes) > 0 {
+		(<-pipes).close()
+	}
 	rig := newSpliceRig(t, 0)
 	const n = 1 << 20
 	up := sendRecv(t, rig.client, rig.server, n, false)
@@ -262,20 +265,27 @@ func TestSplicerOnlyKernelTCP(t *testing.T) {
 	}
 }
 
+// fdCount is how many descriptors the process has open.
+func fdCount(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+// pipeSlack is how many descriptors the pool may hold.
+const pipeSlack = 2 * idlePipes
+
 // TestSplicePipesClosed: pipes do not pile up: after many relays, and
-// relays that ended in the middle of a transfer, the process holds no
-// more descriptors than before, once the pool has been collected.
+// relays that ended in the middle of a transfer (a pipe holding bytes
+// is closed, not pooled, so no other relay sends them), the process
+// holds no more descriptors than before and a pool's worth; and every
+// relay after one that broke moves its own bytes only.
 func TestSplicePipesClosed(t *testing.T) {
 	leaktest.Check(t)
-	count := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Skipf("cannot count descriptors: %v", err)
-		}
-		return len(ents)
-	}
-	runtime.GC()
-	runtime.GC()
+	count := func() int { return fdCount(t) }
 	before := count()
 	for i := range 20 {
 		rig := newSpliceRig(t, 0)
@@ -298,17 +308,132 @@ func TestSplicePipesClosed(t *testing.T) {
 		rig.client.Close()
 		rig.server.Close()
 	}
+	// The sockets are closed by now (the relay's own ones by its abort).
+	if n := count(); n > before+pipeSlack {
+		t.Fatalf("%d descriptors open, %d before", n, before)
+	}
+}
+
+// TestSpliceIdleHoldsNoPipe: relays with nothing to move hold no pipe:
+// their descriptors are their four sockets.
+func TestSpliceIdleHoldsNoPipe(t *testing.T) {
+	leaktest.Check(t)
+	// One relay that moved something first, so that the pool is warm.
+	warm := newSpliceRig(t, 0)
+	if err := <-sendRecv(t, warm.client, warm.server, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	before := fdCount(t)
+	const rigs = 20
+	for range rigs {
+		rig := newSpliceRig(t, 0)
+		// Something through each, then idle.
+		rig.client.Write([]byte("x"))
+		b := make([]byte, 1)
+		rig.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(rig.server, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // let every direction go back to waiting
+	if n := fdCount(t) - before; n > 4*rigs+pipeSlack {
+		t.Errorf("%d idle relays hold %d descriptors, want %d for their sockets", rigs, n, 4*rigs)
+	}
+}
+
+// TestSpliceUrgent: urgent data (MSG_OOB), at which splice stops for
+// good, is relayed as a read would: the bytes around it arrive, the
+// urgent byte does not (it is not in the stream without SO_OOBINLINE),
+// and the EOF after it too.
+func TestSpliceUrgent(t *testing.T) {
+	leaktest.Check(t)
+	rig := newSpliceRig(t, 0)
+	rc, err := rig.client.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rig.client.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), []byte("X"), unix.MSG_OOB, nil)
+		return true
+	})
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if _, err := rig.client.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	// Once the urgent byte is past, splice carries on.
+	time.Sleep(20 * time.Millisecond)
+	if _, err := rig.client.Write([]byte("ghi")); err != nil {
+		t.Fatal(err)
+	}
+	rig.client.CloseWrite()
+	rig.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(rig.server)
+	if err != nil || string(got) != "abcdefghi" {
+		t.Fatalf("server got %q, %v; want %q and EOF", got, err, "abcdefghi")
+	}
+	rig.server.CloseWrite()
+	rig.wait(t)
+}
+
+// TestSpliceNoWait: a step that must not wait (a watcher's drain) says
+// idle when there is nothing, holding no pipe, and moves what there is.
+func TestSpliceNoWait(t *testing.T) {
+	leaktest.Check(t)
+	e := New(&Direct{}, nil, nil)
+	client, clientSide := tcpPair(t)
+	upSide, server := tcpPair(t)
+	a := socks.AddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:4000"))
+	f, err := e.reg.Open(FlowSpec{Proto: ProtoTCP, Src: a, Dst: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := newDirection(e, f, upSide, clientSide, true, new(atomic.Int32), func() {})
+	if d.splice == nil {
+		t.Fatal("no splicer")
+	}
+	if more, idle := d.step(false); !more || !idle {
+		t.Fatalf("step with nothing to read: more %v idle %v, want true, true", more, idle)
+	}
+	client.Write([]byte("hello"))
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		runtime.GC()
-		runtime.GC()
-		// tcpPair's sockets are closed by now; the pipes go with the
-		// pool's finalizers, which run on their own goroutine.
-		if n := count(); n <= before {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("%d descriptors open, %d before", n, before)
+		more, idle := d.step(false)
+		if !more {
+			t.Fatal("the direction ended")
 		}
-		time.Sleep(10 * time.Millisecond)
+		if !idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the data never came")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b := make([]byte, 5)
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(server, b); err != nil || string(b) != "hello" || d.splice.moved != 5 {
+		t.Fatalf("server got %q, %v; spliced %d", b, err, d.splice.moved)
+	}
+	client.CloseWrite()
+	for {
+		more, idle := d.step(false)
+		if !more {
+			break
+		}
+		if !idle || time.Now().After(deadline) {
+			t.Fatalf("after the client's FIN: more %v idle %v", more, idle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := server.Read(b); err != io.EOF {
+		t.Fatalf("server read after the FIN: %v, want EOF", err)
 	}
 }
