@@ -200,6 +200,9 @@ func (d *direction) stepSplice(wait bool) (more, idle, ok bool) {
 		}
 		return true, false, false
 	case errWouldBlock:
+		if p != nil {
+			putPipe(p)
+		}
 		return true, true, true
 	}
 	if n > 0 {
