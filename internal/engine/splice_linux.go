@@ -35,9 +35,18 @@ type splicer struct {
 	moved           int64 // bytes dst took through the pipe, for tests
 }
 
+// spliceMaxMSS is the largest segment size of the sending socket for
+// which a direction splices. Spliced bytes leave as many small page
+// fragments, which the receiver's kernel merges into fewer buffers as
+// long as segments are small; segments of tens of KiB (a 64 KiB MTU)
+// reach the reader in more, fuller buffers than copied ones, and it loses
+// more than the copy saves (docs/performance.md, item 11).
+const spliceMaxMSS = 16 << 10
+
 // newSplicer returns a splicer from src to dst, or nil when they are not
 // both the runtime's own TCP sockets (a wrapper may hold bytes of its own
-// to return or send first).
+// to return or send first) or dst's segments are larger than
+// spliceMaxMSS.
 func newSplicer(src, dst net.Conn) *splicer {
 	sc, ok := src.(*net.TCPConn)
 	if !ok {
@@ -53,6 +62,10 @@ func newSplicer(src, dst net.Conn) *splicer {
 	}
 	dstRC, err := dc.SyscallConn()
 	if err != nil {
+		return nil
+	}
+	mss, serr := 0, error(nil)
+	if err := dstRC.Control(func(fd uintptr) { mss, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG) }); err != nil || serr != nil || mss > spliceMaxMSS {
 		return nil
 	}
 	s := &splicer{src: srcRC, dst: dstRC}

@@ -21,18 +21,43 @@ import (
 	"tungate/socks"
 )
 
-// tcpPair returns the two ends of a loopback TCP connection.
+// testMSS is the segment size of tcpPair's connections: that of a 9000
+// MTU, under spliceMaxMSS (loopback's own is 64 KiB).
+const testMSS = 8948
+
+// tcpPair returns the two ends of a loopback TCP connection with segments
+// of testMSS.
 func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
-	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return tcpPairMSS(t, testMSS)
+}
+
+// tcpPairMSS is tcpPair with segments of mss (0: loopback's own).
+func tcpPairMSS(t *testing.T, mss int) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	control := func(_, _ string, c syscall.RawConn) error {
+		if mss == 0 {
+			return nil
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss) }); err != nil {
+			return err
+		}
+		return serr
+	}
+	lc := net.ListenConfig{Control: control}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	l := ln.(*net.TCPListener)
 	defer l.Close()
-	a, err := net.DialTCP("tcp", nil, l.Addr().(*net.TCPAddr))
+	d := net.Dialer{Control: control}
+	ac, err := d.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := ac.(*net.TCPConn)
 	b, err := l.AcceptTCP()
 	if err != nil {
 		a.Close()
@@ -241,7 +266,8 @@ func TestSpliceNoPipe(t *testing.T) {
 }
 
 // TestSplicerOnlyKernelTCP: a splicer needs the runtime's own TCP sockets
-// at both ends: not a pipe, not a wrapper that may hold bytes of its own.
+// at both ends: not a pipe, not a wrapper that may hold bytes of its own;
+// and segments no larger than spliceMaxMSS where it sends.
 func TestSplicerOnlyKernelTCP(t *testing.T) {
 	a, b := tcpPair(t)
 	p1, p2 := net.Pipe()
@@ -250,6 +276,11 @@ func TestSplicerOnlyKernelTCP(t *testing.T) {
 	type wrapped struct{ *net.TCPConn }
 	if newSplicer(a, b) == nil {
 		t.Error("no splicer between two TCP sockets")
+	}
+	// Segments of 64 KiB: copied (see spliceMaxMSS).
+	big1, big2 := tcpPairMSS(t, 0)
+	if newSplicer(big1, big2) != nil {
+		t.Error("a splicer towards a socket with 64 KiB segments")
 	}
 	for _, c := range []struct {
 		name     string
