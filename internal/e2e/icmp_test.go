@@ -37,8 +37,8 @@ package e2e
 //     3).
 //   - 198.18.251.1, 2001:db8:251::1: r1 has no route and answers
 //     "network unreachable" (3/0, 1/0).
-//   - 198.18.42.99, 2001:db8:42::99: on r2's connected link, where nobody
-//     answers ARP or neighbor solicitation; r2 answers "host unreachable"
+//   - 198.18.42.99, 2001:db8:42::99 (and .98, ::98 for UDP): on r2's
+//     connected link, where nobody answers ARP or neighbor solicitation; r2 answers "host unreachable"
 //     (3/1) or "address unreachable" (1/3) after about 3 s.
 //   - 198.18.42.2 port 9: closed, TCP and UDP (RST, port unreachable).
 //
@@ -108,12 +108,17 @@ const (
 	icmpSrvV6    = "2001:db8:42::2"
 	icmpNoHostV4 = "198.18.42.99" // on r2's link; nobody answers ARP
 	icmpNoHostV6 = "2001:db8:42::99"
-	icmpGwNetV4  = "198.18.250.1" // no route at gw (and at up, and at r1)
-	icmpGwNetV6  = "2001:db8:250::1"
-	icmpR1NetV4  = "198.18.251.1" // no route at r1
-	icmpR1NetV6  = "2001:db8:251::1"
-	icmpAnyV4    = "198.18.77.77" // nothing anywhere: for --icmp reply
-	icmpAnyV6    = "2001:db8:77::77"
+	// Two more absent hosts there, for the UDP cases: their address
+	// resolution is their own, not one a TCP case's dial may still have
+	// under way (which held the datagram's error back once in CI).
+	icmpNoHostUDPV4 = "198.18.42.98"
+	icmpNoHostUDPV6 = "2001:db8:42::98"
+	icmpGwNetV4     = "198.18.250.1" // no route at gw (and at up, and at r1)
+	icmpGwNetV6     = "2001:db8:250::1"
+	icmpR1NetV4     = "198.18.251.1" // no route at r1
+	icmpR1NetV6     = "2001:db8:251::1"
+	icmpAnyV4       = "198.18.77.77" // nothing anywhere: for --icmp reply
+	icmpAnyV6       = "2001:db8:77::77"
 )
 
 // icmpWorld is the topology above, embedded in a tunWorld (whose gw and
@@ -654,8 +659,8 @@ func TestICMPDirect(t *testing.T) {
 		}{
 			{"no route at r1 IPv4", icmpR1NetV4, 3, 0, icmpR1V4, false},
 			{"no route at r1 IPv6", icmpR1NetV6, 1, 0, icmpR1V6, false},
-			{"no host IPv4", icmpNoHostV4, 3, 1, icmpR2V4, false},
-			{"no host IPv6", icmpNoHostV6, 1, 3, icmpR2V6, false},
+			{"no host IPv4", icmpNoHostUDPV4, 3, 1, icmpR2V4, false},
+			{"no host IPv6", icmpNoHostUDPV6, 1, 3, icmpR2V6, false},
 			{"no route at the egress IPv4", icmpGwNetV4, 3, 0, "", true},
 			{"no route at the egress IPv6", icmpGwNetV6, 1, 0, "", true},
 		}
