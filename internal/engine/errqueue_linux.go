@@ -261,6 +261,25 @@ func LocalSendError(dst netip.AddrPort, payload []byte, err error) *PacketError 
 	return pe
 }
 
+// pendingRetries bounds how often a send is tried again after failing
+// with the socket's pending error: each try may meet the error of another
+// earlier datagram's ICMP report.
+const pendingRetries = 4
+
+// sendAgain reports whether a send that failed with err should be tried
+// again, after handing the queued errors to the reader. A send fails with
+// an error about an earlier datagram when an ICMP error set the socket's
+// pending error: so it is when reports were queued, and always for
+// ECONNREFUSED, which a UDP send never gets on its own account (the
+// reader may have drained the port unreachable's report first).
+func (p *directPacketConn) sendAgain(err error) bool {
+	pes := p.drainErrs()
+	if len(pes) > 0 {
+		p.handOver(pes)
+	}
+	return len(pes) > 0 || errors.Is(err, unix.ECONNREFUSED)
+}
+
 // send sends one datagram. With the error queue on, a send can fail with
 // an error that is about an earlier datagram (the socket's pending error,
 // set by an ICMP error): then the queued errors go to the reader and the
@@ -273,10 +292,15 @@ func (p *directPacketConn) send(b, oob []byte, ap netip.AddrPort) (int, error) {
 		// WriteToMeta answers it.
 		return n, err
 	}
-	if pes := p.drainErrs(); len(pes) > 0 {
-		p.handOver(pes)
+	for range pendingRetries {
+		if !p.sendAgain(err) {
+			break
+		}
 		if n, _, err = p.uc.WriteMsgUDPAddrPort(b, oob, ap); err == nil {
 			return n, nil
+		}
+		if !IsQueuedError(err) || errors.Is(err, unix.EMSGSIZE) {
+			break
 		}
 	}
 	if pe := LocalSendError(ap, b, err); pe != nil {
@@ -308,13 +332,18 @@ func (p *directPacketConn) TryWriteToMeta(b []byte, dst socks.Addr, meta Meta) (
 		return 0, true, err
 	}
 	// As in send: the error may be about an earlier datagram.
-	if pes := p.drainErrs(); len(pes) > 0 {
-		p.handOver(pes)
+	for range pendingRetries {
+		if !p.sendAgain(err) {
+			break
+		}
 		if n, done, err = socks.TryWriteMsgUDP(p.uc, b, oob, ap); !done || err == nil {
 			return n, done, err
 		}
 		if errors.Is(err, syscall.EMSGSIZE) {
 			return 0, true, p.tooBig(ap, b)
+		}
+		if !IsQueuedError(err) {
+			break
 		}
 	}
 	if pe := LocalSendError(ap, b, err); pe != nil {
