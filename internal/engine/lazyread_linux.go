@@ -29,7 +29,6 @@ type lazyReader struct {
 	noWait bool // this read must not wait: EAGAIN is errWouldBlock
 	fn     func(fd uintptr) bool
 	peekFn func(fd uintptr) bool
-	peek   [1]byte
 }
 
 // errWouldBlock is what a read that must not wait returns when the socket
@@ -66,12 +65,8 @@ func (l *lazyReader) canWait() bool { return l.rc != nil }
 func (l *lazyReader) wait() error { return l.rc.Read(l.peekFn) }
 
 func (l *lazyReader) peekRaw(fd uintptr) bool {
-	for {
-		_, _, err := unix.Recvfrom(int(fd), l.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err != unix.EINTR {
-			return err != unix.EAGAIN
-		}
-	}
+	what, _ := pending(fd)
+	return what != pendingNothing
 }
 
 // read returns what one read of the connection got, in a pooled buffer
