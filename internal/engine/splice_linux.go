@@ -48,20 +48,8 @@ const spliceMaxMSS = 16 << 10
 // to return or send first) or dst's segments are larger than
 // spliceMaxMSS.
 func newSplicer(src, dst net.Conn) *splicer {
-	sc, ok := src.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	dc, ok := dst.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	srcRC, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	dstRC, err := dc.SyscallConn()
-	if err != nil {
+	srcRC, dstRC := tcpRawConn(src), tcpRawConn(dst)
+	if srcRC == nil || dstRC == nil {
 		return nil
 	}
 	mss, serr := 0, error(nil)

@@ -58,6 +58,21 @@ type vectorWriter struct {
 	none bool // src had nothing to lend
 }
 
+// tcpRawConn returns c's RawConn when c is the runtime's own TCP socket,
+// else nil: a wrapper that embeds one may hold bytes of its own to return
+// or send first.
+func tcpRawConn(c net.Conn) syscall.RawConn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
 // newVectorWriter returns a writer from src to dst, or nil when one of
 // them cannot take part: src lends no buffers, or dst is not a kernel
 // stream socket of the runtime's own type (a wrapper may hold bytes of
@@ -67,12 +82,8 @@ func newVectorWriter(src, dst net.Conn) *vectorWriter {
 	if !ok {
 		return nil
 	}
-	tc, ok := dst.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
+	rc := tcpRawConn(dst)
+	if rc == nil {
 		return nil
 	}
 	w := &vectorWriter{src: vr, rc: rc, iov: make([]unix.Iovec, 0, MaxVectors)}
