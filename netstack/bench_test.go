@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -198,5 +199,35 @@ func BenchmarkStackUDP(b *testing.B) {
 			b.ReportMetric(float64(dropped)/float64(sent), "drops/op")
 			waitCounts(b, r.eng, base.BytesUp+received*uint64(tt.size), base.BytesDown)
 		})
+	}
+}
+
+// BenchmarkStackConnect measures a short connection through the gateway:
+// the client stack's SYN over the in-memory link, the engine's dial (to a
+// loopback echo server), the SYN-ACK, one byte each way and the close.
+// One op is one connection, one at a time, so the figure is the
+// gateway's cost per connection with none of it shared between
+// connections.
+func BenchmarkStackConnect(b *testing.B) {
+	leaktest.Check(b)
+	echo := loopbackServer(b, func(c net.Conn) { io.Copy(c, c) })
+	r := newBenchRig(b, &fakeOut{echo: echo}, 1500)
+	fa, proto := fullAddr(serverV4, 80)
+	buf := make([]byte, 1)
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), benchDeadline)
+		c, err := gonet.DialContextTCP(ctx, r.client, fa, proto)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(benchDeadline))
+		if _, err := c.Write([]byte{'x'}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 'x' {
+			b.Fatalf("echo: %q, %v", buf, err)
+		}
+		c.Close()
 	}
 }

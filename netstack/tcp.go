@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"tungate/internal/engine"
+	"tungate/internal/stackgrow"
 	"tungate/socks"
 )
 
@@ -27,6 +28,9 @@ import (
 // connection does not keep this goroutine, whose stack the handshake has
 // grown.
 func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
+	// The dial and the handshake's SYN-ACK run forty frames deep; gVisor
+	// started this goroutine with a small stack.
+	stackgrow.To32K()
 	if !s.enter() {
 		r.Complete(true)
 		return
@@ -186,6 +190,7 @@ func (n *readNotify) notify(waiter.EventMask) {
 	}
 	n.c.pending.CompareAndSwap(n, nil)
 	go func() {
+		stackgrow.To16K() // fn copies: through the netstack, into a socket
 		n.c.wq.EventUnregister(&n.entry)
 		n.fn()
 	}()

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"tungate/internal/stackgrow"
 	"tungate/socks"
 )
 
@@ -200,7 +201,10 @@ func (d *direction) watch() {
 			d.abort()
 			return
 		}
-		go func() { more <- d.drainNow() }()
+		go func() {
+			stackgrow.To16K() // the copy runs deep (into the netstack, out of a TUN)
+			more <- d.drainNow()
+		}()
 		if !<-more {
 			return
 		}
