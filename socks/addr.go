@@ -220,21 +220,24 @@ func ParseAddr(b []byte) (Addr, int, error) {
 }
 
 // ReadAddr reads an encoded address from r. It reads exactly the octets of
-// the address, so r may be an unbuffered stream.
+// the address, so r may be an unbuffered stream. An EOF before its first
+// octet is a clean io.EOF.
 func ReadAddr(r io.Reader) (Addr, error) {
-	return readAddr(r, true)
+	var head [domainHdrLen]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return Addr{}, readErr(err)
+	}
+	return readAddrRest(r, head)
 }
 
-// readAddr reads an address; first says whether it starts a message, so
-// that an EOF before its first octet is a clean io.EOF.
-func readAddr(r io.Reader, first bool) (Addr, error) {
+// readAddrRest reads the rest of an address whose first domainHdrLen
+// octets (the type, and the name's length or the first octet of an IP)
+// are read already, as head. The messages that end in an address read
+// their header and head in one read, so that a request or a reply takes
+// two reads, not three.
+func readAddrRest(r io.Reader, head [domainHdrLen]byte) (Addr, error) {
 	var buf [MaxAddrLen]byte
-	if _, err := io.ReadFull(r, buf[:domainHdrLen]); err != nil {
-		if first {
-			return Addr{}, readErr(err)
-		}
-		return Addr{}, readMoreErr(err)
-	}
+	copy(buf[:], head[:])
 	var rest int
 	switch AddrType(buf[0]) {
 	case AddrTypeIPv4:

@@ -208,18 +208,31 @@ func ParseRequest(b []byte) (Request, int, error) {
 
 // ReadRequest reads a request from r.
 func ReadRequest(r io.Reader) (Request, error) {
-	var hdr [requestHdrLen]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return Request{}, readErr(err)
+	hdr, err := readAddrHeader(r)
+	if err != nil {
+		return Request{}, err
 	}
-	if hdr[0] != Version5 {
-		return Request{}, &VersionError{Got: hdr[0]}
-	}
-	a, err := readAddr(r, false)
+	a, err := readAddrRest(r, [domainHdrLen]byte(hdr[requestHdrLen:]))
 	if err != nil {
 		return Request{}, err
 	}
 	return Request{Cmd: Command(hdr[1]), Addr: a}, nil
+}
+
+// readAddrHeader reads the header of a request or a reply with the first
+// octets of its address, in one read: no valid message is shorter. A
+// wrong version is reported once the header is in, as ParseRequest and
+// ParseResponse do, even when the peer sent no more.
+func readAddrHeader(r io.Reader) ([requestHdrLen + domainHdrLen]byte, error) {
+	var hdr [requestHdrLen + domainHdrLen]byte
+	n, err := io.ReadFull(r, hdr[:])
+	if n >= requestHdrLen && hdr[0] != Version5 {
+		return hdr, &VersionError{Got: hdr[0]}
+	}
+	if err != nil {
+		return hdr, readErr(err)
+	}
+	return hdr, nil
 }
 
 // Response is the server's reply to a request, RFC 1928 section 6.
@@ -260,14 +273,11 @@ func ParseResponse(b []byte) (Response, int, error) {
 
 // ReadResponse reads a reply from r.
 func ReadResponse(r io.Reader) (Response, error) {
-	var hdr [requestHdrLen]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return Response{}, readErr(err)
+	hdr, err := readAddrHeader(r)
+	if err != nil {
+		return Response{}, err
 	}
-	if hdr[0] != Version5 {
-		return Response{}, &VersionError{Got: hdr[0]}
-	}
-	a, err := readAddr(r, false)
+	a, err := readAddrRest(r, [domainHdrLen]byte(hdr[requestHdrLen:]))
 	if err != nil {
 		return Response{}, err
 	}
