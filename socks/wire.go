@@ -221,8 +221,10 @@ func ReadRequest(r io.Reader) (Request, error) {
 
 // readAddrHeader reads the header of a request or a reply with the first
 // octets of its address, in one read: no valid message is shorter. A
-// wrong version is reported once the header is in, as ParseRequest and
-// ParseResponse do, even when the peer sent no more.
+// wrong version is reported when that read ends with the header in (all
+// five octets, or the stream's end after three or four), as ParseRequest
+// and ParseResponse report it; a peer that sends three octets of a wrong
+// version and waits is answered at the handshake's deadline.
 func readAddrHeader(r io.Reader) ([requestHdrLen + domainHdrLen]byte, error) {
 	var hdr [requestHdrLen + domainHdrLen]byte
 	n, err := io.ReadFull(r, hdr[:])

@@ -7,26 +7,21 @@ import (
 )
 
 // depth calls itself n times with a frame of about 512 bytes and returns
-// where a local variable of its first frame is after the calls: the
-// address changes when the runtime moved the stack meanwhile.
+// where a local variable of its first frame is after the calls; *first is
+// where it was before them (set by the first frame). The two differ when
+// the runtime moved the stack meanwhile.
 //
 //go:noinline
 func depth(n int, first *uintptr) uintptr {
 	var pad [480]byte
 	pad[n%len(pad)] = byte(n)
-	here := uintptr(unsafe.Pointer(&pad[0]))
-	if first != nil && *first == 0 {
-		*first = here
+	if *first == 0 {
+		*first = uintptr(unsafe.Pointer(&pad[0]))
 	}
-	if n == 0 {
-		return uintptr(pad[0])
+	if n > 0 {
+		depth(n-1, first)
 	}
-	var inner uintptr
-	_ = depth(n-1, first)
-	if first != nil {
-		inner = uintptr(unsafe.Pointer(&pad[0]))
-	}
-	return inner
+	return uintptr(unsafe.Pointer(&pad[0]))
 }
 
 // moved reports whether running grow and then using about need bytes of
