@@ -119,53 +119,96 @@ func (d *Dialer) Dial(ctx context.Context, dst Addr) (net.Conn, error) {
 // request opens a TCP path through hops[:n] and sends cmd for dst to hop n.
 // It returns the connection and hop n's reply.
 func (d *Dialer) request(ctx context.Context, n int, cmd Command, dst Addr) (net.Conn, Response, error) {
+	var b [MaxRequestLen]byte
+	req, err := AppendRequest(b[:0], Request{Cmd: cmd, Addr: dst})
+	if err != nil {
+		return nil, Response{}, hopFailure(ctx, n, err)
+	}
+	c, err := d.prepare(ctx, n)
+	if err != nil {
+		return nil, Response{}, err
+	}
+	resp, err := bounded(ctx, c, func() (Response, error) { return exchange(c, req) })
+	if err != nil {
+		c.Close()
+		return nil, Response{}, d.lastHopFailure(ctx, n, err)
+	}
+	return c, resp, nil
+}
+
+// prepare opens a TCP path through hops[:n-1] and negotiates a method with
+// hop n (authenticating there if it asks): what is left is the request.
+func (d *Dialer) prepare(ctx context.Context, n int) (net.Conn, error) {
 	if len(d.Hops) == 0 || n < 1 || n > len(d.Hops) {
-		return nil, Response{}, ErrNoHops
+		return nil, ErrNoHops
 	}
 	c, err := d.forward(ctx, d.Hops[0].Addr)
 	if err != nil {
-		return nil, Response{}, hopFailure(ctx, 1, fmt.Errorf("upstream %s: %w", d.Hops[0], err))
+		return nil, hopFailure(ctx, 1, fmt.Errorf("upstream %s: %w", d.Hops[0], err))
 	}
-	// The handshakes obey ctx: its deadline bounds them, and its
-	// cancellation interrupts them.
-	if dl, ok := ctx.Deadline(); ok {
+	var at int // the hop that failed, counted from 0
+	_, err = bounded(ctx, c, func() (Response, error) {
+		for at = 0; at < n; at++ {
+			if err := negotiate(c, d.Hops[at]); err != nil {
+				return Response{}, err
+			}
+			if at == n-1 {
+				break
+			}
+			if _, err := sendRequest(c, CmdConnect, d.Hops[at+1].Addr); err != nil {
+				return Response{}, err
+			}
+		}
+		return Response{}, nil
+	})
+	if err == nil {
+		return c, nil
+	}
+	c.Close()
+	var re *ReplyError
+	if errors.As(err, &re) && at < n-1 {
+		return nil, hopFailure(ctx, at+1,
+			fmt.Errorf("upstream %s could not reach %s: %w", d.Hops[at], d.Hops[at+1], err))
+	}
+	return nil, hopFailure(ctx, at+1, fmt.Errorf("upstream %s: %w", d.Hops[at], err))
+}
+
+// lastHopFailure is the error for err, returned by the exchange of the
+// request with hop n. A reply hop n sent is its verdict on the destination
+// and keeps its code.
+func (d *Dialer) lastHopFailure(ctx context.Context, n int, err error) error {
+	var re *ReplyError
+	if errors.As(err, &re) {
+		re.Hop = n
+		return re
+	}
+	return hopFailure(ctx, n, fmt.Errorf("upstream %s: %w", d.Hops[n-1], err))
+}
+
+// bounded runs f, the handshakes on c, under ctx: ctx's deadline is c's
+// while f runs, and ctx's cancellation interrupts f's reads and writes.
+// When ctx ended before f returned, the error says so first.
+func bounded(ctx context.Context, c net.Conn, f func() (Response, error)) (Response, error) {
+	dl, hasDeadline := ctx.Deadline()
+	if hasDeadline {
 		c.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	var resp Response
-	for i := 0; i < n; i++ {
-		target, command := dst, cmd
-		if i < n-1 {
-			target, command = d.Hops[i+1].Addr, CmdConnect
-		}
-		resp, err = handshake(c, d.Hops[i], command, target)
-		if err == nil {
-			continue
-		}
-		c.Close()
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
-		}
-		var re *ReplyError
-		switch {
-		case errors.As(err, &re) && i == n-1:
-			// Hop n's verdict on the destination: keep it as it is.
-			re.Hop = i + 1
-			return nil, Response{}, re
-		case errors.As(err, &re):
-			return nil, Response{}, hopFailure(ctx, i+1,
-				fmt.Errorf("upstream %s could not reach %s: %w", d.Hops[i], d.Hops[i+1], err))
-		}
-		return nil, Response{}, hopFailure(ctx, i+1, fmt.Errorf("upstream %s: %w", d.Hops[i], err))
-	}
+	resp, err := f()
 	if !stop() {
-		c.Close()
-		return nil, Response{}, ctx.Err()
+		// ctx ended: its function has run, or is running, and c's
+		// deadline is past or about to be.
+		if err == nil {
+			return Response{}, ctx.Err()
+		}
+		return Response{}, fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
 	c.SetDeadline(time.Time{})
-	return c, resp, nil
+	if err != nil && hasDeadline && errors.Is(err, os.ErrDeadlineExceeded) {
+		// c's deadline, which is ctx's, came before ctx's own timer.
+		return Response{}, fmt.Errorf("%w (%w)", context.DeadlineExceeded, err)
+	}
+	return resp, err
 }
 
 // hopFailure is the error for a failure to reach or use hop: a general
@@ -173,8 +216,10 @@ func (d *Dialer) request(ctx context.Context, n int, cmd Command, dst Addr) (net
 // answered in time (host unreachable), whichever hop was slow.
 func hopFailure(ctx context.Context, hop int, err error) *ReplyError {
 	code := ReplyGeneralFailure
-	// The sockets' deadlines are the context's, and either may fire first.
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+	// The sockets' deadlines and net's own dial timer are ctx's deadline,
+	// and any may fire first.
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 		code = ReplyHostUnreachable
 	}
 	return &ReplyError{Code: code, Hop: hop, Err: err}
@@ -191,44 +236,68 @@ func (d *Dialer) forward(ctx context.Context, a Addr) (net.Conn, error) {
 // handshake negotiates a method with hop over c, authenticates, sends one
 // request and reads its reply. A reply other than success is a *ReplyError.
 func handshake(c net.Conn, hop Hop, cmd Command, dst Addr) (Response, error) {
-	buf := make([]byte, 0, MaxUserPassLen)
+	if err := negotiate(c, hop); err != nil {
+		return Response{}, err
+	}
+	return sendRequest(c, cmd, dst)
+}
+
+// negotiate offers hop the one method its credentials call for and, when
+// hop chooses username/password, authenticates (RFC 1929).
+func negotiate(c net.Conn, hop Hop) error {
+	var b [MaxUserPassLen]byte
+	buf := b[:0]
 	methods := []Method{MethodNoAuth}
 	if hop.Username != "" {
 		methods = []Method{MethodUserPass}
 	}
 	buf, _ = AppendGreeting(buf, Greeting{Methods: methods})
 	if _, err := c.Write(buf); err != nil {
-		return Response{}, err
+		return err
 	}
 	m, err := ReadMethodSelection(c)
 	if err != nil {
-		return Response{}, err
+		return err
 	}
 	switch {
 	case m == MethodUserPass && hop.Username != "":
 		buf, err = AppendUserPass(buf[:0], UserPass{Username: hop.Username, Password: hop.Password})
 		if err != nil {
-			return Response{}, err
+			return err
 		}
 		if _, err := c.Write(buf); err != nil {
-			return Response{}, err
+			return err
 		}
 		st, err := ReadUserPassStatus(c)
 		if err != nil {
-			return Response{}, err
+			return err
 		}
 		if st != UserPassSuccess {
-			return Response{}, fmt.Errorf("%w: status %d", ErrAuthFailed, st)
+			return fmt.Errorf("%w: status %d", ErrAuthFailed, st)
 		}
 	case m == MethodNoAuth && hop.Username == "":
 	default:
-		return Response{}, fmt.Errorf("%w: proxy chose %v", ErrNoAcceptable, m)
+		return fmt.Errorf("%w: proxy chose %v", ErrNoAcceptable, m)
 	}
-	buf, err = AppendRequest(buf[:0], Request{Cmd: cmd, Addr: dst})
+	return nil
+}
+
+// sendRequest sends a request for cmd and dst over c, negotiated already,
+// and reads its reply, as exchange does.
+func sendRequest(c net.Conn, cmd Command, dst Addr) (Response, error) {
+	var b [MaxRequestLen]byte
+	req, err := AppendRequest(b[:0], Request{Cmd: cmd, Addr: dst})
 	if err != nil {
 		return Response{}, err
 	}
-	if _, err := c.Write(buf); err != nil {
+	return exchange(c, req)
+}
+
+// exchange sends req, an encoded request, over c, negotiated already, and
+// reads its reply. A reply other than success is a *ReplyError with only
+// its code.
+func exchange(c net.Conn, req []byte) (Response, error) {
+	if _, err := c.Write(req); err != nil {
 		return Response{}, err
 	}
 	resp, err := ReadResponse(c)

@@ -28,6 +28,8 @@ type Config struct {
 	Socks            string        `yaml:"socks"`
 	SocksAuth        authMode      `yaml:"socks-auth"`
 	Proxy            []string      `yaml:"proxy"`
+	ProxyWarm        int           `yaml:"proxy-warm"`
+	ProxyWarmIdle    time.Duration `yaml:"proxy-warm-idle"`
 	Users            string        `yaml:"users"`
 	LogLevel         string        `yaml:"log-level"`
 	ConnectTimeout   time.Duration `yaml:"connect-timeout"`
@@ -71,6 +73,8 @@ func defaultConfig() Config {
 		LogLevel:         "info",
 		ConnectTimeout:   engine.DefaultConnectTimeout,
 		HandshakeTimeout: socks.DefaultHandshakeTimeout,
+		ProxyWarm:        defaultProxyWarm,
+		ProxyWarmIdle:    socks.DefaultWarmIdle,
 		TCPIdleTimeout:   engine.DefaultTCPIdleTimeout,
 		UDPTimeout:       engine.DefaultUDPIdleTimeout,
 		MaxSessions:      4096,
@@ -87,6 +91,14 @@ func defaultConfig() Config {
 		ICMPBurst:        netstack.DefaultICMPBurst,
 	}
 }
+
+// Connections to the upstream chain kept ready (socks.WarmDialer): two
+// by default, enough to hide the chain's connect and greeting from
+// connections that come one after the other; a few more for bursts.
+const (
+	defaultProxyWarm = 2
+	maxProxyWarm     = 64
+)
 
 // authMode says whether SOCKS5 clients must authenticate.
 type authMode string
@@ -158,6 +170,8 @@ func newFlagSet(cfg *Config, configPath *string) *flag.FlagSet {
 	fs.StringVar(&cfg.Socks, "socks", cfg.Socks, "SOCKS5 listener `address` (host:port), or off")
 	fs.Var(&cfg.SocksAuth, "socks-auth", "require SOCKS5 username/password: auto (required unless the listener is on loopback), true or false")
 	fs.Var(&listFlag{list: &cfg.Proxy}, "proxy", "upstream SOCKS5 proxy `URL` socks5://[user:pass@]host:port; repeat to chain them in order; none means direct")
+	fs.IntVar(&cfg.ProxyWarm, "proxy-warm", cfg.ProxyWarm, "connections to the --proxy chain kept greeted and ready for a CONNECT while connections come more often than one per --proxy-warm-idle (0: none)")
+	fs.DurationVar(&cfg.ProxyWarmIdle, "proxy-warm-idle", cfg.ProxyWarmIdle, "close a ready connection unused this long; keep it below the proxy's negotiation timeout")
 	fs.StringVar(&cfg.Users, "users", cfg.Users, "user store `file` (manage it with: tungate user)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log `level`: debug, info, warn or error")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", cfg.ConnectTimeout, "bound on each outbound connect, through the whole chain")
@@ -277,6 +291,8 @@ type settings struct {
 	socks     netip.AddrPort // invalid: no SOCKS5 listener
 	authOn    bool
 	hops      []socks.Hop
+	warm      int           // connections to the chain kept ready; 0: none
+	warmIdle  time.Duration // how long one stays ready unused
 	logLevel  slog.Level
 	engine    *engine.Settings
 	adminUser string
@@ -372,6 +388,17 @@ func (c Config) resolve() (*settings, error) {
 			return nil, usagef("--proxy: %v", err)
 		}
 		s.hops = append(s.hops, h)
+	}
+	switch {
+	case c.ProxyWarm < 0:
+		return nil, usagef("--proxy-warm must not be negative")
+	case c.ProxyWarm > maxProxyWarm:
+		return nil, usagef("--proxy-warm %d: at most %d", c.ProxyWarm, maxProxyWarm)
+	case c.ProxyWarmIdle < socks.MinWarmIdle:
+		return nil, usagef("--proxy-warm-idle %v: at least %v", c.ProxyWarmIdle, socks.MinWarmIdle)
+	}
+	if len(s.hops) > 0 {
+		s.warm, s.warmIdle = c.ProxyWarm, c.ProxyWarmIdle
 	}
 	if err := s.logLevel.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", c.LogLevel)

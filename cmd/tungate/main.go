@@ -103,8 +103,23 @@ func serve(ctx context.Context, cfg Config, s *settings, level *slog.LevelVar, l
 		if err != nil {
 			return err
 		}
+		if s.warm > 0 {
+			if err := up.Warm(s.warm, s.warmIdle); err != nil {
+				return err
+			}
+		}
+		// Closed last (deferred first): after the TUN side and the SOCKS5
+		// server, which dial through it, have stopped.
+		defer func() {
+			up.Close()
+			if s.warm > 0 {
+				st := up.WarmStats()
+				log.Info("upstream ready connections", "hits", st.Hits, "misses", st.Misses,
+					"stale", st.Stale, "retried", st.Retried, "failed", st.Failed)
+			}
+		}()
 		out = up
-		log.Info("outbound through upstream chain", "hops", fmt.Sprint(s.hops))
+		log.Info("outbound through upstream chain", "hops", fmt.Sprint(s.hops), "warm", s.warm)
 	} else {
 		log.Info("outbound direct")
 	}

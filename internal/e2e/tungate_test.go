@@ -447,6 +447,62 @@ func TestTwoHops(t *testing.T) {
 	})
 }
 
+// TestUpstreamWarm: tungate keeps connections to its chain greeted and
+// ready. Through danted (username auth) then microsocks, a run of curls
+// uses them, each request still reaches the server once, a refusal still
+// passes through, and they outlive danted's timeout.negotiate (10 s), since
+// danted is relaying to microsocks by then. Through danted alone, the ready
+// connections danted closes at that timeout are found closed, not used.
+func TestUpstreamWarm(t *testing.T) {
+	w := newWorld(t)
+	w.startDanted()
+	w.startMicrosocks()
+	danted := "socks5://" + w.danteUser + ":" + w.dantePass + "@" + net.JoinHostPort(up1V4, socksPort)
+	warm := []string{"--socks-auth=false", "--proxy-warm", "2", "--proxy-warm-idle", "30s"}
+	chain := w.startTungate(t, gwV4+":1086", append(warm, "--proxy", danted, "--proxy", "socks5://"+net.JoinHostPort(up2V4, socksPort))...)
+	single := w.startTungate(t, gwV4+":1087", append(warm, "--proxy", danted)...)
+	log := watch(t, chain.Process, single.Process, w.danted, w.microsocks)
+	fetch := func(d *daemon, peer, tag string) {
+		t.Helper()
+		id := testID(t) + "-" + tag
+		w.fetch(t, log, url(serverV4, "/file.bin", id), "--socks5", d.Addr)
+		w.checkPeers(t, log, id, peer)
+	}
+	const runs = 8
+	for i := range runs {
+		fetch(chain, up2V4, fmt.Sprint(i))
+	}
+	w.expectReply(t, log, net.JoinHostPort(serverV4, closedPort), 5, "--socks5", chain.Addr)
+	fetch(single, up1V4, "single-1")
+	fetch(single, up1V4, "single-2")
+	time.Sleep(11 * time.Second) // past danted's timeout.negotiate
+	fetch(chain, up2V4, "after")
+	fetch(single, up1V4, "single-after")
+
+	counts := func(d *daemon) (hits, misses, stale, retried, failed int) {
+		t.Helper()
+		d.Stop()
+		m := warmStatsRE.FindStringSubmatch(d.Output())
+		if m == nil {
+			log.Fatalf(t, "tungate %s: its log has no line with the ready connections' counts (%s)", d.Addr, warmStatsRE)
+		}
+		n := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
+		return n(1), n(2), n(3), n(4), n(5)
+	}
+	hits, misses, stale, retried, failed := counts(chain)
+	if hits+misses != runs+2 || hits < runs/2 || stale != 0 || retried != 0 || failed != 0 {
+		log.Errorf(t, "chain, %d dials: hits=%d misses=%d stale=%d retried=%d failed=%d; want most on ready connections, none stale, retried or failed",
+			runs+2, hits, misses, stale, retried, failed)
+	}
+	hits, misses, stale, retried, failed = counts(single)
+	if hits != 0 || misses != 3 || stale < 1 || retried != 0 || failed != 0 {
+		log.Errorf(t, "danted alone, 3 dials: hits=%d misses=%d stale=%d retried=%d failed=%d; want the ready ones found stale after danted's timeout, no retry",
+			hits, misses, stale, retried, failed)
+	}
+}
+
+var warmStatsRE = regexp.MustCompile(`upstream ready connections" hits=(\d+) misses=(\d+) stale=(\d+) retried=(\d+) failed=(\d+)`)
+
 // TestConfigFile: the same settings from --config YAML.
 func TestConfigFile(t *testing.T) {
 	w := newWorld(t)

@@ -387,6 +387,7 @@ func (b *directBind) Close() error { return b.l.Close() }
 // Upstream sends flows through a chain of SOCKS5 proxies.
 type Upstream struct {
 	Dialer *socks.Dialer
+	warm   *socks.WarmDialer // TCP dials, when set by Warm
 }
 
 // NewUpstream returns the outbound for the chain hops; control, when set,
@@ -409,11 +410,47 @@ func NewUpstream(hops []socks.Hop, control func(network, address string, c sysca
 	return &Upstream{Dialer: d}, nil
 }
 
+// Warm has u keep up to n connections ready for its TCP dials, each for at
+// most idle, while dials come often enough (socks.WarmDialer). Call it
+// before the first dial, at most once; Close stops it.
+func (u *Upstream) Warm(n int, idle time.Duration) error {
+	if u.warm != nil {
+		return errors.New("engine: upstream already warm")
+	}
+	w, err := socks.NewWarmDialer(u.Dialer, n, idle)
+	if err != nil {
+		return err
+	}
+	u.warm = w
+	return nil
+}
+
+// WarmStats returns the counts of the ready connections (zero when u
+// keeps none).
+func (u *Upstream) WarmStats() socks.WarmStats {
+	if u.warm == nil {
+		return socks.WarmStats{}
+	}
+	return u.warm.Stats()
+}
+
+// Close closes the connections u keeps ready. Dials after it make their
+// own. It is safe to call more than once.
+func (u *Upstream) Close() error {
+	if u.warm == nil {
+		return nil
+	}
+	return u.warm.Close()
+}
+
 // Upstream implements Outbound.
 func (u *Upstream) Upstream() bool { return true }
 
 // DialTCP implements Outbound.
 func (u *Upstream) DialTCP(ctx context.Context, dst socks.Addr) (net.Conn, error) {
+	if u.warm != nil {
+		return u.warm.Dial(ctx, dst)
+	}
 	return u.Dialer.Dial(ctx, dst)
 }
 
