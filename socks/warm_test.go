@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -111,6 +112,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// warmUp makes two dials in a row, both cold, which ask w to fill its
+// pool, and waits for the n connections it keeps ready.
+func warmUp(t *testing.T, w *WarmDialer, n int) {
+	t.Helper()
+	echoes(t, w, warmDst)
+	echoes(t, w, warmDst)
+	waitFor(t, fmt.Sprintf("%d ready connections", n), func() bool { return w.readyLen() == n })
+}
+
 var warmDst = Addr{IP: netip.MustParseAddr("198.18.0.1"), Port: 80}
 
 // echoes dials dst through w and checks that what it sends comes back.
@@ -162,11 +172,7 @@ func TestWarmHits(t *testing.T) {
 				h = tc.hop(h)
 			}
 			w := newWarm(t, 2, 5*time.Second, h)
-			// Two dials in a row: both cold, the second asks for two
-			// ready connections.
-			echoes(t, w, warmDst)
-			echoes(t, w, warmDst)
-			waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+			warmUp(t, w, 2)
 			if got := l.n.Load(); got != 4 {
 				t.Fatalf("server accepted %d connections, want 4 (2 dials, 2 ready)", got)
 			}
@@ -209,9 +215,7 @@ func TestWarmExpiryStopsFilling(t *testing.T) {
 	h, l := warmServer(t, nil)
 	idle := 300 * time.Millisecond
 	w := newWarm(t, 2, idle, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+	warmUp(t, w, 2)
 	// Unused for the idle time, they are closed and not replaced.
 	waitFor(t, "the ready connections closed", func() bool { return w.readyLen() == 0 })
 	time.Sleep(2 * idle)
@@ -243,9 +247,7 @@ func TestWarmStaleConnections(t *testing.T) {
 	serverTimeout := 600 * time.Millisecond
 	h, _ := warmServer(t, func(s *Server) { s.HandshakeTimeout = serverTimeout })
 	w := newWarm(t, 2, 5*time.Second, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+	warmUp(t, w, 2)
 	time.Sleep(serverTimeout + 300*time.Millisecond)
 	echoes(t, w, warmDst)
 	// The first found closed shortens the idle time, past which the
@@ -275,9 +277,7 @@ func TestWarmRefusedKeepsCode(t *testing.T) {
 	leaktest.Check(t)
 	h, _ := warmServer(t, nil)
 	w := newWarm(t, 2, 5*time.Second, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+	warmUp(t, w, 2)
 	refused := warmDst
 	refused.Port = refusedPort
 	_, err := w.Dial(context.Background(), refused)
@@ -385,9 +385,7 @@ func TestWarmBrokenBeforeReplyRetried(t *testing.T) {
 		replyAndEcho(c)
 	})
 	w := newWarm(t, 1, 5*time.Second, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "a ready connection", func() bool { return w.readyLen() == 1 })
+	warmUp(t, w, 1)
 	echoes(t, w, dropped)
 	if st := w.Stats(); st.Retried != 1 || st.Hits != 0 || st.Misses != 2 {
 		t.Fatalf("Stats = %+v, want 1 retried, 2 misses", st)
@@ -408,9 +406,7 @@ func TestWarmContextEndsBeforeReply(t *testing.T) {
 		replyAndEcho(c)
 	})
 	w := newWarm(t, 1, 5*time.Second, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "a ready connection", func() bool { return w.readyLen() == 1 })
+	warmUp(t, w, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := w.Dial(ctx, silent)
@@ -429,9 +425,7 @@ func TestWarmBadDestination(t *testing.T) {
 	leaktest.Check(t)
 	h, _ := warmServer(t, nil)
 	w := newWarm(t, 1, 5*time.Second, h)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "a ready connection", func() bool { return w.readyLen() == 1 })
+	warmUp(t, w, 1)
 	bad := Addr{Name: string(bytes.Repeat([]byte("a"), 256)), Port: 80}
 	_, errCold := (&Dialer{Hops: []Hop{h}}).Dial(context.Background(), bad)
 	_, err := w.Dial(context.Background(), bad)
@@ -464,9 +458,7 @@ func TestWarmChain(t *testing.T) {
 		<-done
 	})
 	w := newWarm(t, 2, 5*time.Second, first, last)
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+	warmUp(t, w, 2)
 	echoes(t, w, warmDst)
 	if st := w.Stats(); st.Hits != 1 || st.Misses != 2 {
 		t.Fatalf("Stats = %+v, want 1 hit, 2 misses", st)
@@ -490,9 +482,7 @@ func TestWarmClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echoes(t, w, warmDst)
-	echoes(t, w, warmDst)
-	waitFor(t, "two ready connections", func() bool { return w.readyLen() == 2 })
+	warmUp(t, w, 2)
 	for range 2 {
 		if err := w.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
