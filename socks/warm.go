@@ -3,6 +3,7 @@ package socks
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -37,29 +38,35 @@ const (
 // trip to the last hop instead of three or four.
 //
 // It keeps connections ready only while dials come faster than one per
-// idle time: a dial that comes within that time of the one before asks
-// for the pool to be filled, and a ready connection left unused for that
-// time is closed and stops the filling, until dials come that fast again.
-// So a gateway that makes a connection now and then holds none ready, and
-// one under a steady load replaces each connection it takes. The server
-// sees a connection that greets, then waits up to the idle time for its
-// request, and at the end of a busy spell at most Size that close without
-// one.
+// idle time: a dial that finds none ready and comes within that time of
+// the one before asks for the pool to be filled (up to its size), and
+// each ready connection left unused for that time is closed and one fewer
+// is wanted. So a gateway that makes a connection now and then holds none
+// ready, one under a steady load replaces each connection it takes and
+// keeps about as many as it uses within the idle time, and the server
+// sees connections that greet, then wait up to the idle time for their
+// request, a few of which close without one as the load falls.
 //
 // A ready connection the server has closed meanwhile is found so before
 // it is used, where the system lets the dialer look (Linux), and is
 // dropped; the idle time then comes down to half the age it had, so that
 // a server with a short negotiation timeout soon finds its connections
-// used or closed first. When one breaks before its reply, the request is sent once
-// more on a new connection: the server cannot have acted on a request
-// whose reply it never sent, unless it failed after connecting; a second
-// connection to the destination is then what it sees.
+// used or closed first; it goes back up, towards the one given, to twice
+// the age of a ready connection found still open. A server that
+// closes them faster than they can be used stops the filling for a while.
+// A reset or a failed one does not change the idle time. When one breaks
+// before any of its reply has come, the request is sent once more on a
+// new connection: the server cannot have acted on a request whose reply
+// it never began, unless it failed after connecting; a second connection
+// to the destination is then what it sees. Once a reply has begun, its
+// outcome is the dial's, as on a new connection.
 //
 // The zero value is not usable; call NewWarmDialer. Close it to close the
 // ready connections.
 type WarmDialer struct {
-	d    *Dialer
-	size int
+	d       *Dialer
+	size    int
+	maxIdle time.Duration // as given; idle comes back up to it
 
 	ctx    context.Context // the filler's; canceled by Close
 	cancel context.CancelFunc
@@ -69,9 +76,10 @@ type WarmDialer struct {
 
 	mu       sync.Mutex
 	ready    []readyConn // oldest first
-	want     int         // connections to keep ready: 0 or size
+	want     int         // connections to keep ready, 0 to size
 	idle     time.Duration
 	lastDial time.Time
+	paused   time.Time // no filling before, after the server closed them too soon
 	closed   bool
 
 	hits, misses, stale, retried, failed atomic.Uint64
@@ -80,15 +88,25 @@ type WarmDialer struct {
 // readyConn is a connection negotiated with the chain's last hop.
 type readyConn struct {
 	c    net.Conn
-	made time.Time
+	made time.Time // when its dial began: the server's timer starts no sooner
 }
 
-// WarmStats counts what a WarmDialer did.
+// peekState is what a look at a ready connection found.
+type peekState int
+
+const (
+	peekOpen   peekState = iota // open with nothing to read: usable
+	peekClosed                  // the server closed it: its negotiation timeout, as a rule
+	peekBroken                  // reset, failed, or sent something unasked
+)
+
+// WarmStats counts what a WarmDialer did. Hits + Misses is the number of
+// dials sent to the chain (a destination that has no encoding is not).
 type WarmStats struct {
-	Hits    uint64 // dials that used a ready connection
-	Misses  uint64 // dials that found none ready
-	Stale   uint64 // ready connections found closed by the server, dropped
-	Retried uint64 // dials whose ready connection broke before the reply
+	Hits    uint64 // dials that used a ready connection, whatever their reply
+	Misses  uint64 // dials made on a new connection, Retried ones too
+	Stale   uint64 // ready connections found closed or broken, dropped
+	Retried uint64 // dials whose ready connection broke before any reply
 	Failed  uint64 // ready connections that could not be made
 }
 
@@ -108,7 +126,7 @@ func NewWarmDialer(d *Dialer, size int, idle time.Duration) (*WarmDialer, error)
 	}
 	idle = max(idle, MinWarmIdle)
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &WarmDialer{d: d, size: size, idle: idle, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	w := &WarmDialer{d: d, size: size, maxIdle: idle, idle: idle, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
 	w.wg.Add(1)
 	go w.fill()
 	return w, nil
@@ -123,65 +141,116 @@ func (w *WarmDialer) Dial(ctx context.Context, dst Addr) (net.Conn, error) {
 	n := len(w.d.Hops)
 	var b [MaxRequestLen]byte
 	req, err := AppendRequest(b[:0], Request{Cmd: CmdConnect, Addr: dst})
-	if err != nil {
-		// Not to be sent on any connection: no ready one is spent on it.
+	if err != nil || ctx.Err() != nil {
+		// Not to be sent on any connection, or not to be sent at all:
+		// no ready one is spent on it, and it fails as a new one would.
 		return w.d.Dial(ctx, dst)
 	}
+	frequent := w.noteDial()
 	for {
-		r := w.take()
+		r := w.take(frequent)
 		if r.c == nil {
 			w.misses.Add(1)
 			return w.d.Dial(ctx, dst)
 		}
 		c := r.c
-		if !usable(c) {
+		switch peek(c) {
+		case peekClosed:
 			w.stale.Add(1)
 			c.Close()
 			w.shorten(time.Since(r.made))
 			continue
+		case peekBroken:
+			// A reset or an error says nothing of the server's
+			// timeout: the idle time stays.
+			w.stale.Add(1)
+			c.Close()
+			continue
 		}
-		_, err := bounded(ctx, c, func() (Response, error) { return exchange(c, req) })
+		var replied bool
+		_, err := bounded(ctx, c, func() (resp Response, err error) {
+			resp, replied, err = warmExchange(c, req)
+			return resp, err
+		})
 		if err == nil {
 			w.hits.Add(1)
+			w.grow(time.Since(r.made))
 			return c, nil
 		}
 		c.Close()
-		var re *ReplyError
-		if errors.As(err, &re) || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-			// The last hop's verdict, or the caller's end: as a
-			// new connection would have had it.
+		if replied || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			// The last hop's verdict (a refusal, or a reply it could
+			// not get right), or the caller's end: as a new connection
+			// would have had it.
 			w.hits.Add(1)
 			return nil, w.d.lastHopFailure(ctx, n, err)
 		}
-		// Broken before the reply: the server closed it as the
-		// request went out.
+		// Broken before any reply: the server closed it as the request
+		// went out, and cannot have acted on it.
 		w.retried.Add(1)
+		w.misses.Add(1)
 		return w.d.Dial(ctx, dst)
 	}
 }
 
-// take returns the oldest ready connection, if any, and notes the dial.
-func (w *WarmDialer) take() readyConn {
+// warmExchange is exchange on a ready connection; replied reports whether
+// any of the reply arrived, after which the request is not to be sent
+// again: the server may have acted on it.
+func warmExchange(c net.Conn, req []byte) (resp Response, replied bool, err error) {
+	if _, err := c.Write(req); err != nil {
+		return Response{}, false, err
+	}
+	cr := countingReader{r: c}
+	resp, err = ReadResponse(&cr)
+	if err == nil && resp.Reply != ReplySucceeded {
+		err = &ReplyError{Code: resp.Reply}
+	}
+	return resp, cr.n > 0, err
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (cr *countingReader) Read(b []byte) (int, error) {
+	n, err := cr.r.Read(b)
+	cr.n += n
+	return n, err
+}
+
+// noteDial records a dial and reports whether it came within the idle
+// time of the one before.
+func (w *WarmDialer) noteDial() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	now := time.Now()
-	if w.closed {
-		return readyConn{}
-	}
-	if !w.lastDial.IsZero() && now.Sub(w.lastDial) < w.idle {
-		w.want = w.size
-	}
+	frequent := !w.lastDial.IsZero() && now.Sub(w.lastDial) < w.idle
 	w.lastDial = now
+	return frequent
+}
+
+// take returns the oldest ready connection, if any. A dial that finds
+// none while dials come often (frequent) asks for the pool to be filled.
+func (w *WarmDialer) take(frequent bool) readyConn {
 	var r readyConn
-	for len(w.ready) > 0 && r.c == nil {
+	var old []readyConn
+	w.mu.Lock()
+	now := time.Now()
+	for !w.closed && len(w.ready) > 0 && r.c == nil {
 		r = w.ready[0]
 		w.ready[0] = readyConn{}
 		w.ready = w.ready[1:]
 		if now.Sub(r.made) >= w.idle {
-			// The filler has not got to it yet.
-			r.c.Close()
+			// The filler has not got to it yet: as if it had.
+			old = append(old, r)
 			r = readyConn{}
 		}
+	}
+	w.want = max(0, w.want-len(old))
+	if r.c == nil && frequent && !w.closed && !now.Before(w.paused) {
+		w.want = w.size
 	}
 	if len(w.ready) < w.want {
 		select {
@@ -189,16 +258,35 @@ func (w *WarmDialer) take() readyConn {
 		default:
 		}
 	}
+	w.mu.Unlock()
+	for _, o := range old {
+		o.c.Close()
+	}
 	return r
 }
 
 // shorten brings the idle time down to half of age, the age of a ready
-// connection the server had closed, and no lower than MinWarmIdle.
+// connection the server had closed, and no lower than MinWarmIdle. A
+// server that closes them before twice that, with the idle time at its
+// least already, closes them before they can be used: the filling stops
+// for warmBackoffMax.
 func (w *WarmDialer) shorten(age time.Duration) {
 	w.mu.Lock()
-	if d := max(age/2, MinWarmIdle); d < w.idle {
-		w.idle = d
+	defer w.mu.Unlock()
+	if age < 2*MinWarmIdle && w.idle == MinWarmIdle {
+		w.want = 0
+		w.paused = time.Now().Add(warmBackoffMax)
+		return
 	}
+	w.idle = min(w.idle, max(age/2, MinWarmIdle))
+}
+
+// grow brings the idle time, if it came down, up to twice age, the age of
+// a ready connection the server had kept, and no higher than the idle
+// time w was made with.
+func (w *WarmDialer) grow(age time.Duration) {
+	w.mu.Lock()
+	w.idle = max(w.idle, min(2*age, w.maxIdle))
 	w.mu.Unlock()
 }
 
@@ -239,9 +327,11 @@ func (w *WarmDialer) fill() {
 	}
 }
 
-// expire closes the ready connections that waited for the idle time; one
-// that did means dials have slowed, and the filling stops. It returns when
-// the oldest left will expire (zero if none) and whether one is missing.
+// expire closes the ready connections that waited for the idle time: as
+// many fewer are wanted, dials having slowed. One the server had kept
+// open all that time lets the idle time grow back, one it had closed
+// brings it down. It returns when the oldest left will expire (zero if
+// none) and whether one is missing.
 func (w *WarmDialer) expire(now time.Time) (next time.Time, need bool) {
 	var old []readyConn
 	w.mu.Lock()
@@ -250,15 +340,19 @@ func (w *WarmDialer) expire(now time.Time) (next time.Time, need bool) {
 		w.ready[0] = readyConn{}
 		w.ready = w.ready[1:]
 	}
-	if len(old) > 0 {
-		w.want = 0
-	}
+	w.want = max(0, w.want-len(old))
 	if len(w.ready) > 0 {
 		next = w.ready[0].made.Add(w.idle)
 	}
 	need = !w.closed && len(w.ready) < w.want
 	w.mu.Unlock()
 	for _, r := range old {
+		switch peek(r.c) {
+		case peekOpen:
+			w.grow(now.Sub(r.made))
+		case peekClosed:
+			w.shorten(now.Sub(r.made))
+		}
 		r.c.Close()
 	}
 	return next, need
@@ -269,6 +363,7 @@ func (w *WarmDialer) expire(now time.Time) (next time.Time, need bool) {
 func (w *WarmDialer) makeOne() bool {
 	ctx, cancel := context.WithTimeout(w.ctx, warmDialTimeout)
 	defer cancel()
+	start := time.Now()
 	c, err := w.d.prepare(ctx, len(w.d.Hops))
 	if err != nil {
 		if w.ctx.Err() == nil {
@@ -279,7 +374,7 @@ func (w *WarmDialer) makeOne() bool {
 	w.mu.Lock()
 	keep := !w.closed && len(w.ready) < w.want
 	if keep {
-		w.ready = append(w.ready, readyConn{c: c, made: time.Now()})
+		w.ready = append(w.ready, readyConn{c: c, made: start})
 	}
 	w.mu.Unlock()
 	if !keep {

@@ -7,26 +7,33 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// usable reports whether the ready connection c is still open with
-// nothing to read: a server that closed it, reset it or sent something
-// before the request is not to be asked. It looks without waiting (a
-// peek); a connection it cannot look into is taken to be usable.
-func usable(c net.Conn) bool {
+// peek looks at the ready connection c without waiting: open with nothing
+// to read, closed by the server (the end of its stream), or broken (a
+// reset, an error, or bytes the server sent unasked, after which its reply
+// could not be told apart). A connection it cannot look into is open.
+func peek(c net.Conn) peekState {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return true
+		return peekOpen
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return peekBroken
 	}
-	ok = true
+	st := peekBroken
 	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		// Data (n > 0) or the end (0) both make it unusable.
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		ok = err == unix.EAGAIN
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN:
+			st = peekOpen
+		case err == nil && n == 0:
+			st = peekClosed
+		}
 		return true
 	})
-	return err == nil && ok
+	if err != nil {
+		return peekBroken
+	}
+	return st
 }

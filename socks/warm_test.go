@@ -314,11 +314,19 @@ func TestWarmAuthFailure(t *testing.T) {
 // scriptServer negotiates no-auth and reads the request, then hands the
 // connection and the request to its function.
 type scriptServer struct {
-	l  net.Listener
-	wg sync.WaitGroup
+	l    net.Listener
+	wg   sync.WaitGroup
+	open atomic.Int64 // connections not closed yet
 }
 
 func newScriptServer(t *testing.T, then func(c net.Conn, r Request)) Hop {
+	t.Helper()
+	h, _ := newScriptServerWith(t, ReadRequest, then)
+	return h
+}
+
+// newScriptServerWith is newScriptServer with the request read by read.
+func newScriptServerWith(t *testing.T, read func(io.Reader) (Request, error), then func(c net.Conn, r Request)) (Hop, *scriptServer) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -335,9 +343,11 @@ func newScriptServer(t *testing.T, then func(c net.Conn, r Request)) Hop {
 				return
 			}
 			conns.Store(c, true)
+			s.open.Add(1)
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
+				defer s.open.Add(-1)
 				defer c.Close()
 				defer conns.Delete(c)
 				if _, err := ReadGreeting(c); err != nil {
@@ -346,7 +356,7 @@ func newScriptServer(t *testing.T, then func(c net.Conn, r Request)) Hop {
 				if _, err := c.Write(AppendMethodSelection(nil, MethodNoAuth)); err != nil {
 					return
 				}
-				r, err := ReadRequest(c)
+				r, err := read(c)
 				if err != nil {
 					return
 				}
@@ -360,7 +370,7 @@ func newScriptServer(t *testing.T, then func(c net.Conn, r Request)) Hop {
 		s.wg.Wait()
 	})
 	a, _ := AddrFromNetAddr(l.Addr())
-	return Hop{Addr: a}
+	return Hop{Addr: a}, s
 }
 
 func replyAndEcho(c net.Conn) {
@@ -387,8 +397,133 @@ func TestWarmBrokenBeforeReplyRetried(t *testing.T) {
 	w := newWarm(t, 1, 5*time.Second, h)
 	warmUp(t, w, 1)
 	echoes(t, w, dropped)
-	if st := w.Stats(); st.Retried != 1 || st.Hits != 0 || st.Misses != 2 {
-		t.Fatalf("Stats = %+v, want 1 retried, 2 misses", st)
+	if st := w.Stats(); st.Retried != 1 || st.Hits != 0 || st.Misses != 3 {
+		t.Fatalf("Stats = %+v, want 1 retried, 3 misses (the retried one cold)", st)
+	}
+}
+
+// A reply that begins on a ready connection is the dial's outcome, whatever
+// follows: the server may have connected, so the request is not sent
+// again.
+func TestWarmBrokenReplyNotRetried(t *testing.T) {
+	bind := Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: 1}
+	success := AppendResponse(nil, Response{Reply: ReplySucceeded, Bind: bind})
+	for _, tc := range []struct {
+		name  string
+		reply []byte
+		want  error
+	}{
+		{"cut short", success[:5], ErrShort},
+		{"version 4", append([]byte{4}, success[1:]...), nil},
+		{"address type 9", append(append([]byte{}, success[:3]...), 9, 0, 0, 0, 0, 0, 0), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leaktest.Check(t)
+			broken := warmDst
+			broken.Port = 83
+			var asked atomic.Int64
+			h := newScriptServer(t, func(c net.Conn, r Request) {
+				if r.Addr == broken {
+					asked.Add(1)
+					c.Write(tc.reply)
+					return
+				}
+				replyAndEcho(c)
+			})
+			w := newWarm(t, 1, 5*time.Second, h)
+			warmUp(t, w, 1)
+			_, err := w.Dial(context.Background(), broken)
+			re := AsReplyError(err)
+			if re == nil || re.Code != ReplyGeneralFailure || re.Hop != 1 || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Fatalf("Dial = %v, want a general failure at hop 1 (%v)", err, tc.want)
+			}
+			if st := w.Stats(); st.Retried != 0 || st.Hits != 1 {
+				t.Fatalf("Stats = %+v, want 1 hit and no retry", st)
+			}
+			if n := asked.Load(); n != 1 {
+				t.Fatalf("the server was asked %d times, want once", n)
+			}
+		})
+	}
+}
+
+// Ready connections the server resets say nothing of its timeout: they
+// are dropped and the idle time stays.
+func TestWarmResetKeepsIdle(t *testing.T) {
+	leaktest.Check(t)
+	wait := 150 * time.Millisecond
+	h, _ := newScriptServerWith(t, func(r io.Reader) (Request, error) {
+		c := r.(net.Conn)
+		c.SetReadDeadline(time.Now().Add(wait))
+		req, err := ReadRequest(c)
+		if err != nil {
+			c.(*net.TCPConn).SetLinger(0) // its close is a reset
+			return req, err
+		}
+		c.SetReadDeadline(time.Time{})
+		return req, nil
+	}, func(c net.Conn, _ Request) { replyAndEcho(c) })
+	w := newWarm(t, 2, 5*time.Second, h)
+	warmUp(t, w, 2)
+	time.Sleep(2 * wait)
+	echoes(t, w, warmDst)
+	st := w.Stats()
+	if st.Stale < 1 || st.Retried != 0 || st.Hits+st.Misses != 3 {
+		t.Fatalf("Stats = %+v, want reset ones found stale, 3 dials, none retried", st)
+	}
+	w.mu.Lock()
+	idle := w.idle
+	w.mu.Unlock()
+	if idle != 5*time.Second {
+		t.Fatalf("idle = %v after resets, want 5s still", idle)
+	}
+}
+
+// An idle time brought down comes back up as ready connections are found
+// open at its end.
+func TestWarmIdleGrowsBack(t *testing.T) {
+	leaktest.Check(t)
+	h, _ := warmServer(t, nil)
+	w := newWarm(t, 2, 5*time.Second, h)
+	warmUp(t, w, 2)
+	short := 200 * time.Millisecond
+	w.mu.Lock()
+	w.idle = short // as if a server had closed one at 400 ms
+	w.mu.Unlock()
+	w.wake <- struct{}{}
+	waitFor(t, "the ready connections expired", func() bool { return w.readyLen() == 0 })
+	w.mu.Lock()
+	idle := w.idle
+	w.mu.Unlock()
+	// They expired at an age of at least short, and were open.
+	if idle < 2*short || idle > 5*time.Second {
+		t.Fatalf("idle = %v after connections found open at %v, want in [%v, 5s]", idle, short, 2*short)
+	}
+}
+
+// A server that closes ready connections faster than they can be used
+// stops the filling for a while, however often dials come.
+func TestWarmServerClosesTooSoon(t *testing.T) {
+	leaktest.Check(t)
+	h, l := warmServer(t, nil)
+	w := newWarm(t, 2, 5*time.Second, h)
+	w.shorten(150 * time.Millisecond) // first found closed: 75 ms, raised to the least
+	w.mu.Lock()
+	idle, want := w.idle, w.want
+	w.mu.Unlock()
+	if idle != MinWarmIdle || want != 0 {
+		t.Fatalf("after one: idle %v, want %d; want %v, 0", idle, want, MinWarmIdle)
+	}
+	w.shorten(50 * time.Millisecond) // again, at the least already: too soon
+	echoes(t, w, warmDst)
+	echoes(t, w, warmDst)
+	echoes(t, w, warmDst)
+	time.Sleep(100 * time.Millisecond)
+	if got := l.n.Load(); got != 3 {
+		t.Fatalf("server accepted %d connections for 3 dials while paused, want 3", got)
+	}
+	if st := w.Stats(); st.Misses != 3 {
+		t.Fatalf("Stats = %+v, want 3 misses", st)
 	}
 }
 
@@ -483,14 +618,20 @@ func TestWarmClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	warmUp(t, w, 2)
+	// The server's end of each ready connection sees it closed.
+	sh, ss := newScriptServerWith(t, ReadRequest, func(c net.Conn, _ Request) { replyAndEcho(c) })
+	sw := newWarm(t, 2, 5*time.Second, sh)
+	warmUp(t, sw, 2)
 	for range 2 {
 		if err := w.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
+		sw.Close()
 	}
 	if n := w.readyLen(); n != 0 {
 		t.Fatalf("%d ready connections after Close", n)
 	}
+	waitFor(t, "the server's ends closed", func() bool { return ss.open.Load() == 0 })
 	before := l.n.Load()
 	// Dials after Close still work, each on its own connection.
 	echoes(t, w, warmDst)
