@@ -558,17 +558,22 @@ func TestWarmContextEndsBeforeReply(t *testing.T) {
 // spending a ready connection.
 func TestWarmBadDestination(t *testing.T) {
 	leaktest.Check(t)
-	h, _ := warmServer(t, nil)
+	h, l := warmServer(t, nil)
 	w := newWarm(t, 1, 5*time.Second, h)
 	warmUp(t, w, 1)
 	bad := Addr{Name: string(bytes.Repeat([]byte("a"), 256)), Port: 80}
+	accepted, st := l.n.Load(), w.Stats()
 	_, errCold := (&Dialer{Hops: []Hop{h}}).Dial(context.Background(), bad)
 	_, err := w.Dial(context.Background(), bad)
 	if err == nil || errCold == nil || err.Error() != errCold.Error() {
 		t.Fatalf("warm Dial = %v, cold Dial = %v: want the same error", err, errCold)
 	}
-	if n := w.readyLen(); n != 1 {
-		t.Fatalf("%d ready connections after the bad dial, want 1 still", n)
+	time.Sleep(20 * time.Millisecond) // for a refill, had one been spent
+	if n, got := w.readyLen(), l.n.Load(); n != 1 || got != accepted {
+		t.Fatalf("%d ready connections and %d accepted after the bad dial, want 1 still and %d", n, got, accepted)
+	}
+	if got := w.Stats(); got != st {
+		t.Fatalf("Stats = %+v after the bad dial, want %+v unchanged", got, st)
 	}
 }
 
